@@ -1,0 +1,47 @@
+"""Command-line options shared by every `jobwire` command: each flag has a JOBWIRE_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def env_flag(
+    parser: argparse.ArgumentParser | Any,
+    flag: str,
+    *,
+    env: str,
+    default: Any = None,
+    type: Any = str,  # noqa: A002 - mirrors argparse's own keyword
+    help: str = "",  # noqa: A002
+    **kwargs: Any,
+) -> None:
+    """Adds `flag` whose default comes from the environment variable `env`, then `default`."""
+    raw = os.environ.get(env)
+    value = type(raw) if raw is not None and type is not bool else default
+    if type is bool:
+        if raw is not None:
+            value = raw.strip().lower() in {"1", "true", "yes", "on"}
+        parser.add_argument(
+            flag,
+            default=value,
+            action=argparse.BooleanOptionalAction,
+            help=f"{help} [{env}]",
+            **kwargs,
+        )
+        return
+    parser.add_argument(flag, default=value, type=type, help=f"{help} [{env}]", **kwargs)
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """The scheduler address that clients and workers connect to."""
+    env_flag(
+        parser,
+        "--target",
+        env="JOBWIRE_TARGET",
+        default=DEFAULT_TARGET,
+        help="scheduler gRPC address host:port",
+    )

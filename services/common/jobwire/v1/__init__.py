@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the jobwire v1 contract (do not edit: `make proto`)."""
