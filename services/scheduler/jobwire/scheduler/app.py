@@ -1,0 +1,227 @@
+"""The scheduler process: wires the store, leasing, the reaper and the gRPC services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from uuid import UUID
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jobwire.v1 import jobs_pb2, jobs_pb2_grpc, leases_pb2, leases_pb2_grpc
+
+from . import migrate
+from .dispatch import Dispatcher, JobChanges
+from .errors import SchedulerError
+from .jobs_service import JobsService
+from .leases_service import LeasesService
+from .model import State
+from .page_tokens import PageTokens
+from .store import Store
+from .validation import Limits
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
+    leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str
+    listen: str = "127.0.0.1:50051"
+    migrate: bool = True
+    # How long a worker that lost its stream has to come back and extend its leases.
+    stream_grace: timedelta = timedelta(seconds=5)
+    reaper_interval: float = 1.0
+    # Fallback for jobs that become ready by time (run_at, backoff) or on another replica.
+    poll_interval: float = 1.0
+    watch_poll_interval: float = 1.0
+    health_interval: float = 2.0
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    limits: Limits = field(default_factory=Limits)
+
+
+class Scheduler:
+    """One scheduler replica. `await start()`, then `await stop()` (idempotent)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(
+            settings.database_url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+        )
+        self.changes = JobChanges()
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.changes,
+            poll_interval=settings.poll_interval,
+            stream_grace=settings.stream_grace,
+        )
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._leases: LeasesService | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port: int = 0
+        self._stopped = False
+
+    @property
+    def target(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        if self.settings.migrate:
+            await asyncio.to_thread(migrate.apply, self.settings.database_url)
+        await self.store.open()
+        secret = await self.store.page_token_secret()
+        limits = self.settings.limits
+        # gRPC's own size limit sits above the payload limit so that an oversized payload
+        # reaches validation and gets a readable INVALID_ARGUMENT.
+        max_message = 16 * 1024 * 1024 + limits.max_payload_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        jobs_pb2_grpc.add_JobsServicer_to_server(
+            JobsService(
+                self.store,
+                self.dispatcher,
+                self.changes,
+                PageTokens(secret),
+                limits=limits,
+                watch_poll_interval=self.settings.watch_poll_interval,
+            ),
+            server,
+        )
+        self._leases = LeasesService(
+            self.store,
+            self.dispatcher,
+            self.changes,
+            limits=limits,
+            stream_grace=self.settings.stream_grace,
+        )
+        leases_pb2_grpc.add_LeasesServicer_to_server(self._leases, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self._server = server
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(self._reap(), name="reaper"),
+            asyncio.create_task(self._listen(), name="listener"),
+            asyncio.create_task(self._watch_health(), name="health"),
+        ]
+        log.info("scheduler listening on %s", self.target)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._leases is not None:
+            # Workers are not gone, the scheduler is: keep their leases' full deadlines.
+            self._leases.stopping = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        for session in self.dispatcher.sessions:
+            session.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.store.close()
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _reap(self) -> None:
+        """Ends expired leases; safe on every replica (rows are claimed with SKIP LOCKED)."""
+        while True:
+            try:
+                while True:
+                    ended = await self.store.expire_leases(limit=500)
+                    for job_id, _queue, state in ended:
+                        self.dispatcher.release(job_id)
+                        self.changes.changed(job_id)
+                        if state is State.PENDING:
+                            self.dispatcher.wake()
+                    if ended:
+                        log.info("reaped %d expired leases", len(ended))
+                    if len(ended) < 500:
+                        break
+            except SchedulerError as exc:
+                log.warning("reaper paused: %s", exc)
+            await asyncio.sleep(self.settings.reaper_interval)
+
+    async def _listen(self) -> None:
+        """Hears submits and cancels made on other replicas."""
+        while True:
+            try:
+                async for channel, payload in self.store.listen(
+                    ("jobwire_submitted", "jobwire_cancel")
+                ):
+                    if channel == "jobwire_submitted":
+                        self.dispatcher.wake()
+                    elif channel == "jobwire_cancel":
+                        with contextlib.suppress(ValueError):
+                            self.dispatcher.notify_cancel(UUID(payload))
+            except SchedulerError as exc:
+                log.warning("notifications paused: %s", exc)
+            await asyncio.sleep(self.settings.poll_interval)
+
+    async def _watch_health(self) -> None:
+        serving = True
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            try:
+                await self.store.ping()
+                ok = True
+            except SchedulerError:
+                ok = False
+            if ok != serving:
+                serving = ok
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                log.warning("database %s", "reachable again" if ok else "unreachable")
+                await self._set_health(status)
+
+
+async def serve(settings: Settings) -> None:
+    """Runs a scheduler until cancelled."""
+    scheduler = Scheduler(settings)
+    await scheduler.start()
+    try:
+        await scheduler.wait()
+    finally:
+        await scheduler.stop()

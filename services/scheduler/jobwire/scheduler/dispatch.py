@@ -1,0 +1,195 @@
+"""Leasing rules between the gRPC streams and the store: who gets which ready job, when.
+
+Each connected worker stream is a `Session` with a credit (free slots it granted). One
+`Dispatcher` task per scheduler leases for every session with credit whenever something
+may have become ready: a local submit, a NOTIFY from another replica, returned credit,
+or (as a fallback for scheduled jobs and lost notifications) a poll tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from uuid import UUID
+
+from jobwire.v1 import leases_pb2
+
+from . import convert
+from .errors import SchedulerError
+from .model import Job
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+_session_ids = itertools.count(1)
+
+
+@dataclass(eq=False, kw_only=True)
+class Session:
+    """One worker's Lease stream as the scheduler sees it."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    types: tuple[str, ...]
+    credit: int
+    number: int = field(default_factory=lambda: next(_session_ids))
+    draining: bool = False
+    closed: bool = False
+    outbox: asyncio.Queue[leases_pb2.LeaseResponse | None] = field(
+        default_factory=asyncio.Queue
+    )
+    # Jobs this stream holds a lease on, to route cancel notices: job id -> lease token.
+    held: dict[UUID, UUID] = field(default_factory=dict)
+
+    @property
+    def wants_jobs(self) -> bool:
+        return self.credit > 0 and not self.draining and not self.closed
+
+    def send(self, message: leases_pb2.LeaseResponse) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(None)
+
+
+class JobChanges:
+    """Wakes Watch calls of this replica when a job they follow changes here."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[UUID, set[asyncio.Event]] = {}
+
+    def changed(self, job_id: UUID) -> None:
+        for event in self._waiters.get(job_id, ()):
+            event.set()
+
+    async def wait(self, job_id: UUID, timeout: float) -> None:
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[job_id]
+
+
+class Dispatcher:
+    """Leases ready jobs to sessions with credit, in one task per scheduler."""
+
+    def __init__(
+        self,
+        store: Store,
+        changes: JobChanges,
+        *,
+        poll_interval: float,
+        stream_grace: timedelta,
+        on_leased: Callable[[Job], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._changes = changes
+        self._poll_interval = poll_interval
+        self._stream_grace = stream_grace
+        self._on_leased = on_leased
+        self._sessions: list[Session] = []
+        self._wake = asyncio.Event()
+        self._holders: dict[UUID, Session] = {}
+
+    @property
+    def sessions(self) -> list[Session]:
+        return list(self._sessions)
+
+    def add(self, session: Session) -> None:
+        self._sessions.append(session)
+        self.wake()
+
+    def remove(self, session: Session) -> None:
+        session.close()
+        with contextlib.suppress(ValueError):
+            self._sessions.remove(session)
+        for job_id in session.held:
+            if self._holders.get(job_id) is session:
+                del self._holders[job_id]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def hold(self, session: Session, job_id: UUID, token: UUID) -> None:
+        session.held[job_id] = token
+        self._holders[job_id] = session
+
+    def release(self, job_id: UUID) -> None:
+        session = self._holders.pop(job_id, None)
+        if session is not None:
+            session.held.pop(job_id, None)
+
+    def notify_cancel(self, job_id: UUID, reason: str = "") -> bool:
+        """Tells the stream holding `job_id` (on this replica) to stop it."""
+        session = self._holders.get(job_id)
+        if session is None:
+            return False
+        token = session.held.get(job_id)
+        session.send(
+            leases_pb2.LeaseResponse(
+                cancel=leases_pb2.CancelNotice(
+                    job_id=str(job_id), lease_token=str(token or ""), reason=reason
+                )
+            )
+        )
+        return True
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
+            try:
+                await self._dispatch_once()
+            except SchedulerError as exc:
+                log.warning("leasing paused: %s", exc)
+                await asyncio.sleep(self._poll_interval)
+
+    async def _dispatch_once(self) -> None:
+        for session in list(self._sessions):
+            for queue in session.queues:
+                if not session.wants_jobs:
+                    break
+                jobs = await self._store.lease(
+                    queue=queue,
+                    types=session.types,
+                    worker_id=session.worker_id,
+                    limit=session.credit,
+                )
+                if not jobs:
+                    continue
+                session.credit -= len(jobs)
+                if session.closed:
+                    # The stream ended while we claimed: hand the leases the short grace.
+                    await self._store.pull_in_leases(
+                        worker_id=session.worker_id, grace=self._stream_grace
+                    )
+                for job in jobs:
+                    assert job.lease_token is not None and job.lease_deadline is not None
+                    self.hold(session, job.id, job.lease_token)
+                    session.send(
+                        leases_pb2.LeaseResponse(
+                            job=leases_pb2.LeasedJob(
+                                job=convert.job(job),
+                                lease_token=str(job.lease_token),
+                                lease_deadline=convert.timestamp(job.lease_deadline),
+                            )
+                        )
+                    )
+                    self._changes.changed(job.id)
+                    if self._on_leased is not None:
+                        self._on_leased(job)

@@ -1,0 +1,255 @@
+"""The Leases gRPC service: the workers' stream and the unary settle calls. No SQL here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import grpc
+
+from jobwire.v1 import leases_pb2, leases_pb2_grpc
+
+from . import convert, validation
+from .dispatch import Dispatcher, JobChanges, Session
+from .errors import InvalidArgument, SchedulerError
+from .model import Ack, Extension, Nack
+from .status import code_of, unary
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_CREDIT = 10_000
+_OK = grpc.StatusCode.OK.value[0]
+
+
+def _hello(message: leases_pb2.LeaseRequest) -> Session:
+    if message.WhichOneof("kind") != "hello":
+        raise InvalidArgument("the first message on a Lease stream must be a hello")
+    hello = message.hello
+    worker_id = validation.name(hello.worker_id, "hello.worker_id")
+    if not 1 <= len(hello.queues) <= 64:
+        raise InvalidArgument("hello.queues: must name 1 to 64 queues")
+    if not 1 <= len(hello.types) <= 256:
+        raise InvalidArgument("hello.types: must name 1 to 256 job types")
+    queues = tuple(dict.fromkeys(validation.name(q, "hello.queues") for q in hello.queues))
+    types = tuple(dict.fromkeys(validation.name(t, "hello.types") for t in hello.types))
+    if not 0 <= hello.credits <= MAX_CREDIT:
+        raise InvalidArgument(f"hello.credits: must be between 0 and {MAX_CREDIT}")
+    return Session(worker_id=worker_id, queues=queues, types=types, credit=hello.credits)
+
+
+class LeasesService(leases_pb2_grpc.LeasesServicer):
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        changes: JobChanges,
+        *,
+        limits: validation.Limits,
+        stream_grace: timedelta,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._changes = changes
+        self._limits = limits
+        self._stream_grace = stream_grace
+        self.stopping = False
+
+    # -- the stream -----------------------------------------------------------------------
+
+    async def Lease(
+        self, request_iterator: AsyncIterator[leases_pb2.LeaseRequest], context: Context
+    ) -> AsyncIterator[leases_pb2.LeaseResponse]:
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        try:
+            session = _hello(first)
+        except SchedulerError as exc:
+            await context.abort(code_of(exc), str(exc))
+            return
+        log.info("worker %s connected (queues %s)", session.worker_id, ",".join(session.queues))
+        self._dispatcher.add(session)
+        reader = asyncio.create_task(self._read(request_iterator, session))
+        try:
+            while (message := await session.outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self._dispatcher.remove(session)
+            if not self.stopping:
+                await self._pull_in(session)
+            log.info("worker %s disconnected", session.worker_id)
+
+    async def _pull_in(self, session: Session) -> None:
+        """The worker is gone: its leases end after the grace unless it extends them."""
+        try:
+            await self._store.pull_in_leases(
+                worker_id=session.worker_id, grace=self._stream_grace
+            )
+        except SchedulerError as exc:
+            # The leases keep their full deadline; the reaper still ends them.
+            log.warning("could not shorten leases of %s: %s", session.worker_id, exc)
+
+    async def _read(
+        self, requests: AsyncIterator[leases_pb2.LeaseRequest], session: Session
+    ) -> None:
+        try:
+            async for message in requests:
+                await self._handle(message, session)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception:  # the stream must end rather than hang on a bug
+            log.exception("lease stream of %s failed", session.worker_id)
+        finally:
+            session.close()
+
+    async def _handle(self, message: leases_pb2.LeaseRequest, session: Session) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "credit":
+            if not 1 <= message.credit.credits <= MAX_CREDIT:
+                return  # ignored: a worker cannot shrink or overflow its credit
+            if not session.draining:
+                session.credit = min(session.credit + message.credit.credits, MAX_CREDIT)
+                self._dispatcher.wake()
+        elif kind == "drain":
+            session.draining = True
+            session.credit = 0
+        elif kind == "ack":
+            await self._settle_one(session, leases_pb2.SETTLE_KIND_ACK, message.ack)
+        elif kind == "nack":
+            await self._settle_one(session, leases_pb2.SETTLE_KIND_NACK, message.nack)
+        elif kind == "extend":
+            await self._extend_stream(session, list(message.extend.items))
+        # A second hello or an unknown kind is ignored: newer workers may send more.
+
+    async def _settle_one(
+        self, session: Session, kind: int, item: leases_pb2.AckItem | leases_pb2.NackItem
+    ) -> None:
+        result = leases_pb2.SettleResult(
+            kind=kind,  # type: ignore[arg-type]
+            job_id=item.job_id,
+            lease_token=item.lease_token,
+        )
+        try:
+            if isinstance(item, leases_pb2.AckItem):
+                parsed_ack = validation.ack(item, "ack", self._limits)
+                refusals = await self._store.ack([parsed_ack], atomic=False)
+                job_id = parsed_ack.job_id
+            else:
+                parsed_nack = validation.nack(item, "nack", self._limits)
+                refusals = await self._store.nack([parsed_nack], atomic=False)
+                job_id = parsed_nack.job_id
+                self._dispatcher.wake()  # the job may be ready again
+            self._dispatcher.release(job_id)
+            self._changes.changed(job_id)
+            error = refusals[0].error if refusals else None
+            if error is not None:
+                raise error
+            result.code = _OK
+        except SchedulerError as exc:
+            result.code = code_of(exc).value[0]
+            result.message = str(exc)
+        session.send(leases_pb2.LeaseResponse(result=result))
+
+    async def _extend_stream(self, session: Session, items: list[leases_pb2.ExtendItem]) -> None:
+        parsed: list[Extension] = []
+        for i, item in enumerate(items[: validation.MAX_BATCH]):
+            try:
+                parsed.append(validation.extension(item, f"extend.items[{i}]", self._limits))
+            except SchedulerError as exc:
+                session.send(_extend_result(item.job_id, item.lease_token, exc))
+        if not parsed:
+            return
+        try:
+            extended, refusals = await self._store.extend(
+                parsed, worker_id=session.worker_id, atomic=False
+            )
+        except SchedulerError as exc:
+            for ext in parsed:
+                session.send(_extend_result(str(ext.job_id), str(ext.lease_token), exc))
+            return
+        tokens = {e.job_id: e.lease_token for e in parsed}
+        for done in extended:
+            self._dispatcher.hold(session, done.job_id, tokens[done.job_id])
+            session.send(
+                leases_pb2.LeaseResponse(
+                    result=leases_pb2.SettleResult(
+                        kind=leases_pb2.SETTLE_KIND_EXTEND,
+                        job_id=str(done.job_id),
+                        lease_token=str(tokens[done.job_id]),
+                        code=_OK,
+                        lease_deadline=convert.timestamp(done.lease_deadline),
+                        cancel_requested=done.cancel_requested,
+                    )
+                )
+            )
+        for refusal in refusals:
+            session.send(
+                _extend_result(str(refusal.job_id), str(refusal.lease_token), refusal.error)
+            )
+
+    # -- unary calls ----------------------------------------------------------------------
+
+    @unary
+    async def Ack(self, request: leases_pb2.AckRequest, context: Context) -> leases_pb2.AckResponse:
+        items = validation.acks(list(request.items), self._limits)
+        await self._store.ack(items, atomic=True)
+        self._settled(items)
+        return leases_pb2.AckResponse()
+
+    @unary
+    async def Nack(
+        self, request: leases_pb2.NackRequest, context: Context
+    ) -> leases_pb2.NackResponse:
+        items = validation.nacks(list(request.items), self._limits)
+        await self._store.nack(items, atomic=True)
+        self._settled(items)
+        self._dispatcher.wake()
+        return leases_pb2.NackResponse()
+
+    @unary
+    async def Extend(
+        self, request: leases_pb2.ExtendRequest, context: Context
+    ) -> leases_pb2.ExtendResponse:
+        items = validation.extensions(list(request.items), self._limits)
+        extended, _ = await self._store.extend(items, worker_id=None, atomic=True)
+        by_id = {e.job_id: e for e in extended}
+        return leases_pb2.ExtendResponse(
+            results=[
+                leases_pb2.ExtendResult(
+                    job_id=str(item.job_id),
+                    lease_deadline=convert.timestamp(by_id[item.job_id].lease_deadline),
+                    cancel_requested=by_id[item.job_id].cancel_requested,
+                )
+                for item in items
+                if item.job_id in by_id
+            ]
+        )
+
+    def _settled(self, items: Sequence[Ack | Nack]) -> None:
+        for item in items:
+            self._dispatcher.release(item.job_id)
+            self._changes.changed(item.job_id)
+
+
+def _extend_result(
+    job_id: str, token: str, error: Exception | None
+) -> leases_pb2.LeaseResponse:
+    result = leases_pb2.SettleResult(
+        kind=leases_pb2.SETTLE_KIND_EXTEND, job_id=job_id, lease_token=token, code=_OK
+    )
+    if isinstance(error, SchedulerError):
+        result.code = code_of(error).value[0]
+        result.message = str(error)
+    return leases_pb2.LeaseResponse(result=result)
+

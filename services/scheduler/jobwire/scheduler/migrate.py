@@ -1,0 +1,80 @@
+"""Versioned schema migrations: ordered .sql files, each applied once and recorded."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+# Any fixed number: it only has to be the same on every replica.
+_ADVISORY_LOCK = 0x6A6F6277  # "jobw"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available() -> list[Migration]:
+    """The migrations shipped with this version, in order."""
+    folder = resources.files("jobwire.scheduler").joinpath("sql/migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append(
+                Migration(
+                    version=int(match[1]), name=match[2], sql=entry.read_text("utf-8")
+                )
+            )
+    return sorted(found, key=lambda m: m.version)
+
+
+def apply(database_url: str) -> list[Migration]:
+    """Applies the migrations the database lacks; returns them.
+
+    Safe to run from several replicas at once: an advisory lock serialises them.
+    """
+    applied_now = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK,))
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS jobwire_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM jobwire_migrations")}
+            for migration in available():
+                if migration.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        "INSERT INTO jobwire_migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+                applied_now.append(migration)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_ADVISORY_LOCK,))
+    return applied_now
+
+
+def pending(database_url: str) -> list[Migration]:
+    """Migrations shipped but not applied (empty when the schema is current)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('jobwire_migrations') IS NOT NULL").fetchone()
+        done: set[int] = set()
+        if exists and exists[0]:
+            done = {row[0] for row in conn.execute("SELECT version FROM jobwire_migrations")}
+    return [m for m in available() if m.version not in done]

@@ -1,0 +1,270 @@
+"""Domain types of the scheduler core: built from rows at the store's edge, turned into
+protobuf only by the gRPC layer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+
+class State(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+
+
+class Outcome(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    LEASE_EXPIRED = "LEASE_EXPIRED"
+    RELEASED = "RELEASED"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backoff:
+    initial: timedelta = timedelta(seconds=1)
+    max: timedelta = timedelta(minutes=5)
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewJob:
+    """A validated submission, defaults filled in."""
+
+    queue: str
+    type: str
+    payload: bytes
+    payload_type: str
+    priority: int = 0
+    run_at: datetime | None = None
+    max_attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    lease_timeout: timedelta = timedelta(seconds=30)
+    execution_timeout: timedelta | None = None
+    idempotency_key: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    tenant: str = ""
+    trace_id: str = ""
+
+    def digest(self) -> bytes:
+        """Fingerprint of what was asked for, to tell a resubmission from a conflicting one."""
+        canonical = json.dumps(
+            [
+                self.queue,
+                self.type,
+                self.payload.hex(),
+                self.payload_type,
+                self.priority,
+                self.run_at.isoformat() if self.run_at else None,
+                self.max_attempts,
+                [
+                    self.backoff.initial.total_seconds(),
+                    self.backoff.max.total_seconds(),
+                    self.backoff.multiplier,
+                    self.backoff.jitter,
+                ],
+                self.lease_timeout.total_seconds(),
+                self.execution_timeout.total_seconds() if self.execution_timeout else None,
+                sorted(self.labels.items()),
+            ],
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).digest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorInfo:
+    message: str
+    kind: str = ""
+    details: str = ""
+
+    @classmethod
+    def from_columns(cls, row: Mapping[str, Any]) -> ErrorInfo | None:
+        if row.get("error_message") is None:
+            return None
+        return cls(
+            message=row["error_message"],
+            kind=row.get("error_kind") or "",
+            details=row.get("error_details") or "",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attempt:
+    number: int
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: Outcome
+    next_state: State | None
+    error: ErrorInfo | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Attempt:
+        return cls(
+            number=row["number"],
+            worker_id=row["worker_id"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            outcome=Outcome(row["outcome"]),
+            next_state=State(row["next_state"]) if row["next_state"] else None,
+            error=ErrorInfo.from_columns(row),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    id: UUID
+    queue: str
+    type: str
+    tenant: str
+    payload: bytes
+    payload_type: str
+    priority: int
+    run_at: datetime
+    max_attempts: int
+    backoff: Backoff
+    lease_timeout: timedelta
+    execution_timeout: timedelta | None
+    idempotency_key: str | None
+    labels: Mapping[str, str]
+    trace_id: str
+    retried_from: UUID | None
+    state: State
+    attempt: int
+    lease_token: UUID | None
+    lease_deadline: datetime | None
+    worker_id: str | None
+    cancel_requested: bool
+    result: bytes | None
+    result_type: str | None
+    error: ErrorInfo | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec_digest: bytes | None = None
+    attempts: tuple[Attempt, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], attempts: tuple[Attempt, ...] = ()) -> Job:
+        return cls(
+            id=row["id"],
+            queue=row["queue"],
+            type=row["type"],
+            tenant=row["tenant"],
+            payload=bytes(row["payload"]),
+            payload_type=row["payload_type"],
+            priority=row["priority"],
+            run_at=row["run_at"],
+            max_attempts=row["max_attempts"],
+            backoff=Backoff(
+                initial=row["backoff_initial"],
+                max=row["backoff_max"],
+                multiplier=row["backoff_multiplier"],
+                jitter=row["backoff_jitter"],
+            ),
+            lease_timeout=row["lease_timeout"],
+            execution_timeout=row["execution_timeout"],
+            idempotency_key=row["idempotency_key"],
+            labels=row["labels"] or {},
+            trace_id=row["trace_id"],
+            retried_from=row["retried_from"],
+            state=State(row["state"]),
+            attempt=row["attempt"],
+            lease_token=row["lease_token"],
+            lease_deadline=row["lease_deadline"],
+            worker_id=row["worker_id"],
+            cancel_requested=row["cancel_requested"],
+            result=bytes(row["result"]) if row["result"] is not None else None,
+            result_type=row["result_type"],
+            error=ErrorInfo.from_columns(row),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            spec_digest=bytes(row["spec_digest"]) if row["spec_digest"] is not None else None,
+            attempts=attempts,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submitted:
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack:
+    job_id: UUID
+    lease_token: UUID
+    result: bytes
+    result_type: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Nack:
+    job_id: UUID
+    lease_token: UUID
+    error: ErrorInfo
+    retryable: bool
+    retry_delay: timedelta | None = None
+    release: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Extension:
+    job_id: UUID
+    lease_token: UUID
+    extend_by: timedelta | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Extended:
+    job_id: UUID
+    lease_deadline: datetime
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refusal:
+    """Why one settle item was not applied; `error` is None when it was a harmless repeat."""
+
+    job_id: UUID
+    lease_token: UUID
+    error: Exception | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueStats:
+    queue: str
+    ready: int
+    scheduled: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    oldest_ready_age: timedelta
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListFilter:
+    queue: str | None = None
+    type: str | None = None
+    states: tuple[State, ...] = ()
+    tenant: str | None = None

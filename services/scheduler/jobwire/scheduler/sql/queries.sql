@@ -1,0 +1,202 @@
+-- Every statement the scheduler runs, by name. Loaded once by jobwire.scheduler.queries;
+-- a block starts at a "-- name: NAME" line. Parameters are psycopg %(name)s placeholders.
+
+-- name: insert_jobs
+-- Inserts a batch; rows whose idempotency key is taken are skipped (and looked up after).
+INSERT INTO jobwire_jobs (
+    id, queue, type, tenant, payload, payload_type, priority, run_at, max_attempts,
+    backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
+    lease_timeout, execution_timeout, idempotency_key, spec_digest, labels, trace_id
+)
+SELECT id, queue, type, tenant, payload, payload_type, priority, coalesce(run_at, now()),
+       max_attempts, backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
+       lease_timeout, execution_timeout, idempotency_key, spec_digest, labels, trace_id
+FROM unnest(
+    %(id)s::uuid[], %(queue)s::text[], %(type)s::text[], %(tenant)s::text[],
+    %(payload)s::bytea[], %(payload_type)s::text[], %(priority)s::int[],
+    %(run_at)s::timestamptz[], %(max_attempts)s::int[],
+    %(backoff_initial)s::interval[], %(backoff_max)s::interval[],
+    %(backoff_multiplier)s::float8[], %(backoff_jitter)s::float8[],
+    %(lease_timeout)s::interval[], %(execution_timeout)s::interval[],
+    %(idempotency_key)s::text[], %(spec_digest)s::bytea[], %(labels)s::jsonb[], %(trace_id)s::text[]
+) AS t (id, queue, type, tenant, payload, payload_type, priority, run_at, max_attempts,
+        backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
+        lease_timeout, execution_timeout, idempotency_key, spec_digest, labels, trace_id)
+ON CONFLICT (tenant, queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *
+
+-- name: jobs_by_idempotency_key
+SELECT j.* FROM jobwire_jobs j
+JOIN unnest(%(tenant)s::text[], %(queue)s::text[], %(idempotency_key)s::text[]) AS k(tenant, queue, key)
+  ON j.tenant = k.tenant AND j.queue = k.queue AND j.idempotency_key = k.key
+
+-- name: notify_submitted
+SELECT pg_notify('jobwire_submitted', q) FROM unnest(%(queues)s::text[]) AS q
+
+-- name: get_job
+SELECT * FROM jobwire_jobs WHERE id = %(id)s
+
+-- name: get_attempts
+SELECT * FROM jobwire_attempts WHERE job_id = %(id)s ORDER BY number
+
+-- name: list_jobs
+-- Newest first; the cursor is the (created_at, id) of the last row of the previous page.
+SELECT * FROM jobwire_jobs
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(type)s::text IS NULL OR type = %(type)s)
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+  AND (%(states)s::jobwire_state[] IS NULL OR state = ANY(%(states)s::jobwire_state[]))
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_created)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: lease_jobs
+-- Claims up to %(limit)s ready jobs of one queue for a worker. The predicate and order
+-- match the partial index jobwire_jobs_ready exactly; the type filter only skips rows.
+WITH picked AS (
+    SELECT id FROM jobwire_jobs
+    WHERE state = 'PENDING' AND queue = %(queue)s AND run_at <= now()
+      AND type = ANY(%(types)s::text[])
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE jobwire_jobs j SET
+        state = 'RUNNING',
+        attempt = j.attempt + 1,
+        lease_token = gen_random_uuid(),
+        lease_deadline = now() + j.lease_timeout,
+        worker_id = %(worker_id)s,
+        started_at = coalesce(j.started_at, now())
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*
+), history AS (
+    INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id, started_at)
+    SELECT id, attempt, lease_token, worker_id, now() FROM leased
+)
+SELECT * FROM leased ORDER BY priority DESC, run_at, id
+
+-- name: ack_jobs
+-- Records success for every item whose token is the job's current lease.
+WITH input AS (
+    SELECT * FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(result)s::bytea[],
+                         %(result_type)s::text[]) AS t(id, token, result, result_type)
+), settled AS (
+    UPDATE jobwire_jobs j SET
+        state = 'SUCCEEDED',
+        result = i.result,
+        result_type = i.result_type,
+        finished_at = now(),
+        lease_token = NULL,
+        lease_deadline = NULL,
+        error_message = NULL,
+        error_kind = NULL,
+        error_details = NULL
+    FROM input i
+    WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
+    RETURNING j.id, j.attempt
+), history AS (
+    UPDATE jobwire_attempts a SET outcome = 'SUCCEEDED', finished_at = now(), next_state = 'SUCCEEDED'
+    FROM settled s WHERE a.job_id = s.id AND a.number = s.attempt
+)
+SELECT id FROM settled
+
+-- name: nack_jobs
+-- Ends attempts without success; the rules live in jobwire_end_attempt().
+SELECT t.id, jobwire_end_attempt(t.id, t.token, false, t.release, t.retryable, t.delay,
+                                 t.message, t.kind, t.details) AS next_state
+FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(release)s::bool[], %(retryable)s::bool[],
+            %(delay)s::interval[], %(message)s::text[], %(kind)s::text[], %(details)s::text[])
+     AS t(id, token, release, retryable, delay, message, kind, details)
+
+-- name: extend_leases
+UPDATE jobwire_jobs j SET
+    lease_deadline = now() + coalesce(i.extend_by, j.lease_timeout),
+    worker_id = coalesce(%(worker_id)s::text, j.worker_id)
+FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(extend_by)s::interval[]) AS i(id, token, extend_by)
+WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
+RETURNING j.id, j.lease_deadline, j.cancel_requested
+
+-- name: explain_refusals
+-- Why items were not settled: which jobs exist, and how the named attempt ended.
+SELECT i.id, i.token, j.id IS NOT NULL AS job_exists, j.state, j.attempt AS job_attempt,
+       a.number AS attempt, a.outcome
+FROM unnest(%(id)s::uuid[], %(token)s::uuid[]) AS i(id, token)
+LEFT JOIN jobwire_jobs j ON j.id = i.id
+LEFT JOIN jobwire_attempts a ON a.job_id = i.id AND a.lease_token = i.token
+
+-- name: expire_leases
+-- The reaper: ends attempts whose lease deadline passed, oldest first, a batch at a time.
+WITH expired AS (
+    SELECT id, queue, lease_token, worker_id, lease_deadline FROM jobwire_jobs
+    WHERE state = 'RUNNING' AND lease_deadline < now()
+    ORDER BY lease_deadline
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+SELECT id, queue,
+       jobwire_end_attempt(id, lease_token, true, false, true, NULL,
+           format('lease expired at %%s (worker %%s)', lease_deadline, worker_id),
+           'lease_expired', '') AS next_state
+FROM expired
+
+-- name: pull_in_leases
+-- A worker's stream ended: its leases end soon unless it comes back and extends them.
+UPDATE jobwire_jobs SET lease_deadline = least(lease_deadline, now() + %(grace)s::interval)
+WHERE state = 'RUNNING' AND worker_id = %(worker_id)s
+
+-- name: cancel_job
+-- PENDING: cancelled at once. RUNNING: flagged; the attempt ends as CANCELLED.
+UPDATE jobwire_jobs SET
+    state = CASE WHEN state = 'PENDING' THEN 'CANCELLED'::jobwire_state ELSE state END,
+    finished_at = CASE WHEN state = 'PENDING' THEN now() END,
+    error_message = CASE WHEN state = 'PENDING'
+                         THEN 'cancelled' || coalesce(': ' || nullif(%(reason)s, ''), '')
+                         ELSE error_message END,
+    error_kind = CASE WHEN state = 'PENDING' THEN 'cancelled' ELSE error_kind END,
+    error_details = CASE WHEN state = 'PENDING' THEN '' ELSE error_details END,
+    cancel_requested = (state = 'RUNNING'),
+    cancel_reason = %(reason)s
+WHERE id = %(id)s AND state IN ('PENDING', 'RUNNING') AND NOT cancel_requested
+RETURNING *
+
+-- name: notify_cancel
+SELECT pg_notify('jobwire_cancel', %(id)s::text)
+
+-- name: retry_job
+INSERT INTO jobwire_jobs (
+    id, queue, type, tenant, payload, payload_type, priority, run_at, max_attempts,
+    backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
+    lease_timeout, execution_timeout, labels, trace_id, retried_from
+)
+SELECT %(new_id)s, queue, type, tenant, payload, payload_type, priority, now(), max_attempts,
+       backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
+       lease_timeout, execution_timeout, labels, trace_id, id
+FROM jobwire_jobs WHERE id = %(id)s AND state IN ('FAILED', 'CANCELLED')
+ON CONFLICT (retried_from) WHERE retried_from IS NOT NULL DO NOTHING
+RETURNING *
+
+-- name: retry_of
+SELECT id FROM jobwire_jobs WHERE retried_from = %(id)s
+
+-- name: queue_stats
+SELECT queue,
+       count(*) FILTER (WHERE state = 'PENDING' AND run_at <= now()) AS ready,
+       count(*) FILTER (WHERE state = 'PENDING' AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'RUNNING') AS running,
+       count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded,
+       count(*) FILTER (WHERE state = 'FAILED') AS failed,
+       count(*) FILTER (WHERE state = 'CANCELLED') AS cancelled,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'PENDING' AND run_at <= now()))
+           AS oldest_ready_seconds
+FROM jobwire_jobs
+WHERE %(queue)s::text IS NULL OR queue = %(queue)s
+GROUP BY queue
+ORDER BY queue
+
+-- name: page_token_secret
+SELECT value FROM jobwire_secrets WHERE name = 'page_token'
+
+-- name: ping
+SELECT 1

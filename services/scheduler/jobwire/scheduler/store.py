@@ -1,0 +1,403 @@
+"""The one owner of SQL: every statement the scheduler runs goes through `Store`.
+
+Driver errors are translated here, at the boundary: a lost database becomes `Unavailable`,
+a refused write the matching `SchedulerError`. Callers never see psycopg.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SchedulerError,
+    Unavailable,
+)
+from .model import (
+    Ack,
+    Attempt,
+    Extended,
+    Extension,
+    Job,
+    ListFilter,
+    Nack,
+    NewJob,
+    Outcome,
+    QueueStats,
+    Refusal,
+    State,
+    Submitted,
+)
+from .queries import QUERIES
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+
+# Outcomes that a repeated settle of the same kind may find already recorded.
+_SAME_ACK = {Outcome.SUCCEEDED}
+_SAME_NACK = {Outcome.FAILED, Outcome.CANCELLED, Outcome.RELEASED}
+
+
+def _translate(exc: Exception) -> SchedulerError:
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return AlreadyExists(str(exc.diag.message_primary or exc))
+    if isinstance(exc, psycopg.errors.IntegrityError | psycopg.errors.DataError):
+        return InvalidArgument(str(exc.diag.message_primary or exc))
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return Unavailable(f"database statement timed out: {exc}")
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout | OSError):
+        return Unavailable(f"database unavailable: {exc}")
+    raise exc
+
+
+class Store:
+    """Async access to the jobs tables through a connection pool."""
+
+    def __init__(self, database_url: str, *, min_size: int = 2, max_size: int = 10) -> None:
+        self.database_url = database_url
+        self._pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            database_url,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            timeout=5.0,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            name="jobwire",
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Conn]:
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except SchedulerError:
+            raise
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            raise _translate(exc) from exc
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Conn]:
+        async with self._conn() as conn, conn.transaction():
+            yield conn
+
+    async def _rows(self, conn: Conn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        cur = await conn.execute(QUERIES[name], params)
+        return await cur.fetchall()
+
+    # -- health ---------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(QUERIES["ping"])
+
+    async def page_token_secret(self) -> bytes:
+        async with self._conn() as conn:
+            rows = await self._rows(conn, "page_token_secret", {})
+        if not rows:
+            raise Unavailable("the page token secret is missing: run `jobwire migrate`")
+        return bytes(rows[0]["value"])
+
+    # -- producers ------------------------------------------------------------------------
+
+    async def submit(self, jobs: Sequence[NewJob]) -> list[Submitted]:
+        """Inserts all jobs or none; reused idempotency keys return the existing job."""
+        ids = [uuid.uuid4() for _ in jobs]
+        digests = [job.digest() if job.idempotency_key else None for job in jobs]
+        params = {
+            "id": ids,
+            "queue": [j.queue for j in jobs],
+            "type": [j.type for j in jobs],
+            "tenant": [j.tenant for j in jobs],
+            "payload": [j.payload for j in jobs],
+            "payload_type": [j.payload_type for j in jobs],
+            "priority": [j.priority for j in jobs],
+            "run_at": [j.run_at for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "backoff_initial": [j.backoff.initial for j in jobs],
+            "backoff_max": [j.backoff.max for j in jobs],
+            "backoff_multiplier": [j.backoff.multiplier for j in jobs],
+            "backoff_jitter": [j.backoff.jitter for j in jobs],
+            "lease_timeout": [j.lease_timeout for j in jobs],
+            "execution_timeout": [j.execution_timeout for j in jobs],
+            "idempotency_key": [j.idempotency_key for j in jobs],
+            "spec_digest": digests,
+            "labels": [Jsonb(dict(j.labels)) for j in jobs],
+            "trace_id": [j.trace_id for j in jobs],
+        }
+        async with self._transaction() as conn:
+            inserted = {row["id"]: Job.from_row(row) for row in await self._rows(
+                conn, "insert_jobs", params)}
+            # Rows whose key was taken (by an older job or earlier in this batch).
+            skipped = [i for i, job_id in enumerate(ids) if job_id not in inserted]
+            existing: dict[tuple[str, str, str], Job] = {}
+            if skipped:
+                rows = await self._rows(conn, "jobs_by_idempotency_key", {
+                    "tenant": [jobs[i].tenant for i in skipped],
+                    "queue": [jobs[i].queue for i in skipped],
+                    "idempotency_key": [jobs[i].idempotency_key for i in skipped],
+                })
+                for row in rows:
+                    existing[(row["tenant"], row["queue"], row["idempotency_key"])] = (
+                        Job.from_row(row)
+                    )
+            results = []
+            for i, job in enumerate(jobs):
+                if ids[i] in inserted:
+                    results.append(Submitted(job=inserted[ids[i]], created=True))
+                    continue
+                key = job.idempotency_key or ""
+                found = existing.get((job.tenant, job.queue, key))
+                if found is None:  # pragma: no cover - the unique index guarantees a match
+                    raise Unavailable("idempotency key lookup raced; retry")
+                if found.spec_digest != digests[i]:
+                    raise AlreadyExists(
+                        f"jobs[{i}]: idempotency key {key!r} of queue {job.queue!r} was used "
+                        f"for a different job ({found.id})"
+                    )
+                results.append(Submitted(job=found, created=False))
+            if inserted:
+                queues = sorted({job.queue for job in inserted.values()})
+                await conn.execute(QUERIES["notify_submitted"], {"queues": queues})
+        return results
+
+    async def get(self, job_id: UUID, *, with_attempts: bool = True) -> Job:
+        async with self._conn() as conn:
+            rows = await self._rows(conn, "get_job", {"id": job_id})
+            if not rows:
+                raise NotFound(f"no job with id {job_id}")
+            attempts: tuple[Attempt, ...] = ()
+            if with_attempts:
+                attempts = tuple(
+                    Attempt.from_row(r)
+                    for r in await self._rows(conn, "get_attempts", {"id": job_id})
+                )
+        return Job.from_row(rows[0], attempts)
+
+    async def list(
+        self, filt: ListFilter, *, limit: int, after: tuple[datetime, UUID] | None
+    ) -> list[Job]:
+        params = {
+            "queue": filt.queue,
+            "type": filt.type,
+            "tenant": filt.tenant,
+            "states": [s.value for s in filt.states] or None,
+            "after_created": after[0] if after else None,
+            "after_id": after[1] if after else None,
+            "limit": limit,
+        }
+        async with self._conn() as conn:
+            return [Job.from_row(r) for r in await self._rows(conn, "list_jobs", params)]
+
+    async def cancel(self, job_id: UUID, reason: str) -> tuple[Job, bool]:
+        """Cancels or flags the job; returns it and whether a running worker must be told."""
+        async with self._transaction() as conn:
+            rows = await self._rows(conn, "cancel_job", {"id": job_id, "reason": reason})
+            if rows:
+                job = Job.from_row(rows[0])
+                if job.state is State.RUNNING:
+                    await conn.execute(QUERIES["notify_cancel"], {"id": job_id})
+                return job, job.state is State.RUNNING
+        job = await self.get(job_id, with_attempts=False)
+        if job.state is State.CANCELLED or (job.state is State.RUNNING and job.cancel_requested):
+            return job, False  # asked before: the same answer again
+        raise FailedPrecondition(f"job {job_id} is {job.state} and cannot be cancelled")
+
+    async def retry(self, job_id: UUID) -> Job:
+        async with self._transaction() as conn:
+            rows = await self._rows(conn, "retry_job", {"id": job_id, "new_id": uuid.uuid4()})
+            if rows:
+                job = Job.from_row(rows[0])
+                await conn.execute(QUERIES["notify_submitted"], {"queues": [job.queue]})
+                return job
+            again = await self._rows(conn, "retry_of", {"id": job_id})
+        if again:
+            raise FailedPrecondition(f"job {job_id} was already retried as {again[0]['id']}")
+        job = await self.get(job_id, with_attempts=False)
+        raise FailedPrecondition(
+            f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried"
+        )
+
+    async def stats(self, queue: str | None) -> list[QueueStats]:
+        async with self._conn() as conn:
+            rows = await self._rows(conn, "queue_stats", {"queue": queue})
+        return [
+            QueueStats(
+                queue=r["queue"],
+                ready=r["ready"],
+                scheduled=r["scheduled"],
+                running=r["running"],
+                succeeded=r["succeeded"],
+                failed=r["failed"],
+                cancelled=r["cancelled"],
+                oldest_ready_age=timedelta(seconds=float(r["oldest_ready_seconds"] or 0)),
+            )
+            for r in rows
+        ]
+
+    # -- workers --------------------------------------------------------------------------
+
+    async def lease(
+        self, *, queue: str, types: Sequence[str], worker_id: str, limit: int
+    ) -> list[Job]:
+        params = {"queue": queue, "types": list(types), "worker_id": worker_id, "limit": limit}
+        async with self._conn() as conn:
+            return [Job.from_row(r) for r in await self._rows(conn, "lease_jobs", params)]
+
+    async def ack(self, items: Sequence[Ack], *, atomic: bool) -> list[Refusal]:
+        params = {
+            "id": [i.job_id for i in items],
+            "token": [i.lease_token for i in items],
+            "result": [i.result for i in items],
+            "result_type": [i.result_type for i in items],
+        }
+
+        async def run(conn: Conn) -> set[UUID]:
+            return {r["id"] for r in await self._rows(conn, "ack_jobs", params)}
+
+        return await self._settle(items, run, _SAME_ACK, atomic=atomic)
+
+    async def nack(self, items: Sequence[Nack], *, atomic: bool) -> list[Refusal]:
+        params = {
+            "id": [i.job_id for i in items],
+            "token": [i.lease_token for i in items],
+            "release": [i.release for i in items],
+            "retryable": [i.retryable for i in items],
+            "delay": [i.retry_delay for i in items],
+            "message": [i.error.message for i in items],
+            "kind": [i.error.kind for i in items],
+            "details": [i.error.details for i in items],
+        }
+
+        async def run(conn: Conn) -> set[UUID]:
+            rows = await self._rows(conn, "nack_jobs", params)
+            return {r["id"] for r in rows if r["next_state"] is not None}
+
+        return await self._settle(items, run, _SAME_NACK, atomic=atomic)
+
+    async def extend(
+        self, items: Sequence[Extension], *, worker_id: str | None, atomic: bool
+    ) -> tuple[list[Extended], list[Refusal]]:
+        params = {
+            "id": [i.job_id for i in items],
+            "token": [i.lease_token for i in items],
+            "extend_by": [i.extend_by for i in items],
+            "worker_id": worker_id,
+        }
+        extended: list[Extended] = []
+
+        async def run(conn: Conn) -> set[UUID]:
+            rows = await self._rows(conn, "extend_leases", params)
+            extended[:] = [
+                Extended(
+                    job_id=r["id"],
+                    lease_deadline=r["lease_deadline"],
+                    cancel_requested=r["cancel_requested"],
+                )
+                for r in rows
+            ]
+            return {r["id"] for r in rows}
+
+        refusals = await self._settle(items, run, set(), atomic=atomic)
+        return extended, refusals
+
+    async def _settle(
+        self,
+        items: Sequence[Ack | Nack | Extension],
+        run: Callable[[Conn], Any],
+        same_outcome: set[Outcome],
+        *,
+        atomic: bool,
+    ) -> list[Refusal]:
+        """Applies a guarded batch and explains every item it did not apply.
+
+        Atomic batches are rolled back whole when any item is refused.
+        """
+        async with self._transaction() as conn:
+            applied: set[UUID] = await run(conn)
+            missed = [i for i in items if i.job_id not in applied]
+            if not missed:
+                return []
+            rows = await self._rows(conn, "explain_refusals", {
+                "id": [i.job_id for i in missed],
+                "token": [i.lease_token for i in missed],
+            })
+            refusals = [_refusal(r, same_outcome) for r in rows]
+            if atomic:
+                first = next((r for r in refusals if r.error is not None), None)
+                if first is not None and first.error is not None:
+                    raise first.error
+        return refusals
+
+    async def expire_leases(self, *, limit: int) -> list[tuple[UUID, str, State]]:
+        """Ends attempts whose lease deadline passed; returns (job id, queue, new state)."""
+        async with self._transaction() as conn:
+            rows = await self._rows(conn, "expire_leases", {"limit": limit})
+        return [(r["id"], r["queue"], State(r["next_state"])) for r in rows if r["next_state"]]
+
+    async def pull_in_leases(self, *, worker_id: str, grace: timedelta) -> int:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                QUERIES["pull_in_leases"], {"worker_id": worker_id, "grace": grace}
+            )
+            return cur.rowcount
+
+    # -- notifications --------------------------------------------------------------------
+
+    async def listen(self, channels: Iterable[str]) -> AsyncIterator[tuple[str, str]]:
+        """Yields (channel, payload) from LISTEN on a dedicated connection until it breaks."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        try:
+            for channel in channels:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            async for notify in conn.notifies():
+                yield notify.channel, notify.payload
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            await conn.close()
+
+
+def _refusal(row: dict[str, Any], same_outcome: set[Outcome]) -> Refusal:
+    job_id, token = row["id"], row["token"]
+    error: Exception | None
+    if not row["job_exists"]:
+        error = NotFound(f"no job with id {job_id}")
+    elif row["attempt"] is None:
+        error = InvalidArgument(f"lease token {token} was never issued for job {job_id}")
+    elif row["outcome"] in same_outcome:
+        error = None  # the same outcome again: a resend after a lost reply
+    elif row["outcome"] == Outcome.RUNNING:  # pragma: no cover - the guarded update applies
+        error = FailedPrecondition(f"lease {token} of job {job_id} could not be settled")
+    else:
+        error = FailedPrecondition(
+            f"lease {token} of job {job_id} is no longer current: attempt {row['attempt']} "
+            f"ended {row['outcome']}; the job is {row['state']} at attempt {row['job_attempt']}"
+        )
+    return Refusal(job_id=job_id, lease_token=token, error=error)
+

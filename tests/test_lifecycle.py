@@ -1,0 +1,52 @@
+"""The whole lifecycle through the generated stubs alone, as a client in another language."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
+from tests.support import SchedulerThread, StreamClient
+
+
+def submit(scheduler: SchedulerThread, **spec: object) -> job_pb2.Job:
+    spec.setdefault("type", "echo")
+    spec.setdefault("payload", job_pb2.Payload(data=b'{"text": "hi"}', content_type="application/json"))
+    response = scheduler.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(**spec)]))
+    return response.results[0].job
+
+
+def test_submit_lease_extend_ack_get(scheduler: SchedulerThread) -> None:
+    job = submit(scheduler, queue="default", lease_timeout=Duration(seconds=5))
+    assert job.state == job_pb2.JOB_STATE_PENDING
+    assert job.spec.max_attempts == 3 and job.attempt == 0
+
+    worker = StreamClient(scheduler.target)
+    try:
+        leased = worker.next_job()
+        assert leased.job.id == job.id
+        assert leased.job.attempt == 1
+        assert leased.job.state == job_pb2.JOB_STATE_RUNNING
+        assert json.loads(leased.job.spec.payload.data) == {"text": "hi"}
+
+        worker.send(leases_pb2.LeaseRequest(extend=leases_pb2.ExtendRequest(items=[
+            leases_pb2.ExtendItem(job_id=job.id, lease_token=leased.lease_token,
+                                  extend_by=Duration(seconds=60))])))
+        extended = worker.result_for(job.id, leases_pb2.SETTLE_KIND_EXTEND)
+        assert extended.code == grpc.StatusCode.OK.value[0]
+        assert extended.lease_deadline.seconds > leased.lease_deadline.seconds
+
+        settled = worker.ack(leased, b'"HI"')
+        assert settled.code == 0, settled.message
+    finally:
+        worker.close()
+
+    done = scheduler.jobs().Get(jobs_pb2.GetRequest(id=job.id)).job
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert json.loads(done.result.data) == "HI"
+    assert done.result.content_type == "application/json"
+    assert [a.outcome for a in done.attempts] == [job_pb2.ATTEMPT_OUTCOME_SUCCEEDED]
+    assert done.attempts[0].worker_id == "stub-worker"
+    assert done.HasField("finished_at") and not done.HasField("lease_deadline")
