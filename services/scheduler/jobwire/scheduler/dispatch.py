@@ -121,6 +121,15 @@ class Dispatcher:
             if self._holders.get(job_id) is session:
                 del self._holders[job_id]
 
+    def held_elsewhere(self, session: Session) -> set[UUID]:
+        """Jobs that other live streams of the same worker hold (it reconnected already)."""
+        return {
+            job_id
+            for other in self._sessions
+            if other is not session and other.worker_id == session.worker_id
+            for job_id in other.held
+        }
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -176,7 +185,9 @@ class Dispatcher:
                 if session.closed:
                     # The stream ended while we claimed: hand the leases the short grace.
                     await self._store.pull_in_leases(
-                        worker_id=session.worker_id, grace=self._stream_grace
+                        worker_id=session.worker_id,
+                        grace=self._stream_grace,
+                        keep=self.held_elsewhere(session),
                     )
                 for job in jobs:
                     assert job.lease_token is not None and job.lease_deadline is not None

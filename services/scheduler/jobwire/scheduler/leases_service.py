@@ -94,7 +94,9 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         """The worker is gone: its leases end after the grace unless it extends them."""
         try:
             await self._store.pull_in_leases(
-                worker_id=session.worker_id, grace=self._stream_grace
+                worker_id=session.worker_id,
+                grace=self._stream_grace,
+                keep=self._dispatcher.held_elsewhere(session),
             )
         except SchedulerError as exc:
             # The leases keep their full deadline; the reaper still ends them.

@@ -357,11 +357,12 @@ class Store:
             rows = await self._rows(conn, "expire_leases", {"limit": limit})
         return [(r["id"], r["queue"], State(r["next_state"])) for r in rows if r["next_state"]]
 
-    async def pull_in_leases(self, *, worker_id: str, grace: timedelta) -> int:
+    async def pull_in_leases(
+        self, *, worker_id: str, grace: timedelta, keep: Iterable[UUID] = ()
+    ) -> int:
+        params = {"worker_id": worker_id, "grace": grace, "keep": list(keep)}
         async with self._conn() as conn:
-            cur = await conn.execute(
-                QUERIES["pull_in_leases"], {"worker_id": worker_id, "grace": grace}
-            )
+            cur = await conn.execute(QUERIES["pull_in_leases"], params)
             return cur.rowcount
 
     # -- notifications --------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from uuid import UUID
 
 from google.protobuf.duration_pb2 import Duration
@@ -248,16 +249,30 @@ def extension(item: leases_pb2.ExtendItem, where: str, limits: Limits) -> Extens
     return Extension(job_id=jid, lease_token=token, extend_by=extend_by)
 
 
+Item = TypeVar("Item", Ack, Nack, Extension)
+
+
+def _distinct_jobs(items: list[Item]) -> list[Item]:
+    seen: set[UUID] = set()
+    for i, item in enumerate(items):
+        if item.job_id in seen:
+            raise _fail(f"items[{i}].job_id", f"{item.job_id} appears more than once")
+        seen.add(item.job_id)
+    return items
+
+
 def acks(items: list[leases_pb2.AckItem], limits: Limits) -> list[Ack]:
     _batch(len(items), "items")
-    return [ack(item, f"items[{i}]", limits) for i, item in enumerate(items)]
+    return _distinct_jobs([ack(item, f"items[{i}]", limits) for i, item in enumerate(items)])
 
 
 def nacks(items: list[leases_pb2.NackItem], limits: Limits) -> list[Nack]:
     _batch(len(items), "items")
-    return [nack(item, f"items[{i}]", limits) for i, item in enumerate(items)]
+    return _distinct_jobs([nack(item, f"items[{i}]", limits) for i, item in enumerate(items)])
 
 
 def extensions(items: list[leases_pb2.ExtendItem], limits: Limits) -> list[Extension]:
     _batch(len(items), "items")
-    return [extension(item, f"items[{i}]", limits) for i, item in enumerate(items)]
+    return _distinct_jobs(
+        [extension(item, f"items[{i}]", limits) for i, item in enumerate(items)]
+    )

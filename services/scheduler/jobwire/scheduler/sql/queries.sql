@@ -143,8 +143,9 @@ FROM expired
 
 -- name: pull_in_leases
 -- A worker's stream ended: its leases end soon unless it comes back and extends them.
+-- Leases a newer stream of the same worker has extended since are kept.
 UPDATE jobwire_jobs SET lease_deadline = least(lease_deadline, now() + %(grace)s::interval)
-WHERE state = 'RUNNING' AND worker_id = %(worker_id)s
+WHERE state = 'RUNNING' AND worker_id = %(worker_id)s AND id <> ALL(%(keep)s::uuid[])
 
 -- name: cancel_job
 -- PENDING: cancelled at once. RUNNING: flagged; the attempt ends as CANCELLED.
