@@ -402,12 +402,18 @@ class Job(_message.Message):
 
     @_builtins.property
     def error(self) -> Global___JobError:
-        """Set when state is FAILED, and on CANCELLED jobs cancelled while running."""
+        """Set when state is FAILED or CANCELLED; while PENDING after a failed attempt,
+        the error of that attempt.
+        """
 
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the job was accepted."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When anything about the job last changed."""
+
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the first attempt started."""

@@ -22,6 +22,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class SubmitRequest(_message.Message):
+    """Jobs to submit."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
@@ -44,6 +46,8 @@ Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
 
 @_typing.final
 class SubmitResponse(_message.Message):
+    """What became of each submitted job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
@@ -66,6 +70,8 @@ Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
 
 @_typing.final
 class SubmitResult(_message.Message):
+    """One submitted job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
@@ -92,6 +98,8 @@ Global___SubmitResult: _TypeAlias = SubmitResult  # noqa: Y015
 
 @_typing.final
 class GetRequest(_message.Message):
+    """Which job to return."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -112,11 +120,15 @@ Global___GetRequest: _TypeAlias = GetRequest  # noqa: Y015
 
 @_typing.final
 class GetResponse(_message.Message):
+    """The job asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> _job_pb2.Job: ...
+    def job(self) -> _job_pb2.Job:
+        """The job, with its attempt history."""
+
     def __init__(
         self,
         *,
@@ -132,6 +144,8 @@ Global___GetResponse: _TypeAlias = GetResponse  # noqa: Y015
 
 @_typing.final
 class ListRequest(_message.Message):
+    """Filters and paging for List. Filters combine with AND."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_FIELD_NUMBER: _builtins.int
@@ -176,6 +190,8 @@ Global___ListRequest: _TypeAlias = ListRequest  # noqa: Y015
 
 @_typing.final
 class ListResponse(_message.Message):
+    """One page of jobs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
@@ -202,6 +218,8 @@ Global___ListResponse: _TypeAlias = ListResponse  # noqa: Y015
 
 @_typing.final
 class WatchRequest(_message.Message):
+    """Which job to follow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -260,6 +278,8 @@ Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
 
 @_typing.final
 class CancelRequest(_message.Message):
+    """Which job to cancel, and why."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -284,11 +304,15 @@ Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015
 
 @_typing.final
 class CancelResponse(_message.Message):
+    """The job after the cancel."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> _job_pb2.Job: ...
+    def job(self) -> _job_pb2.Job:
+        """CANCELLED, or RUNNING with cancel_requested set."""
+
     def __init__(
         self,
         *,
@@ -304,6 +328,8 @@ Global___CancelResponse: _TypeAlias = CancelResponse  # noqa: Y015
 
 @_typing.final
 class RetryRequest(_message.Message):
+    """Which job to run again."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -324,6 +350,8 @@ Global___RetryRequest: _TypeAlias = RetryRequest  # noqa: Y015
 
 @_typing.final
 class RetryResponse(_message.Message):
+    """The job created by Retry."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
@@ -346,6 +374,8 @@ Global___RetryResponse: _TypeAlias = RetryResponse  # noqa: Y015
 
 @_typing.final
 class StatsRequest(_message.Message):
+    """Which queues to count."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_FIELD_NUMBER: _builtins.int
@@ -366,6 +396,8 @@ Global___StatsRequest: _TypeAlias = StatsRequest  # noqa: Y015
 
 @_typing.final
 class QueueStats(_message.Message):
+    """Counts for one queue."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_FIELD_NUMBER: _builtins.int
@@ -378,14 +410,19 @@ class QueueStats(_message.Message):
     OLDEST_READY_AGE_FIELD_NUMBER: _builtins.int
     CONNECTED_WORKERS_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Queue name."""
     ready: _builtins.int
     """Jobs PENDING whose run_at has passed."""
     scheduled: _builtins.int
     """Jobs PENDING with run_at in the future (scheduled or backing off)."""
     running: _builtins.int
+    """Jobs RUNNING (leased)."""
     succeeded: _builtins.int
+    """Jobs SUCCEEDED and not yet pruned."""
     failed: _builtins.int
+    """Jobs FAILED: the dead-letter queue."""
     cancelled: _builtins.int
+    """Jobs CANCELLED and not yet pruned."""
     connected_workers: _builtins.int
     """Workers connected to this scheduler replica that serve this queue."""
     @_builtins.property
@@ -415,6 +452,8 @@ Global___QueueStats: _TypeAlias = QueueStats  # noqa: Y015
 
 @_typing.final
 class StatsResponse(_message.Message):
+    """Counts for every queue that has jobs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUES_FIELD_NUMBER: _builtins.int

@@ -100,6 +100,8 @@ Global___LeaseRequest: _TypeAlias = LeaseRequest  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
+    """Opens a Lease stream: who the worker is and what it runs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
@@ -138,6 +140,8 @@ Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
 @_typing.final
 class Credit(_message.Message):
+    """Grants more room for jobs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CREDITS_FIELD_NUMBER: _builtins.int
@@ -158,6 +162,8 @@ Global___Credit: _TypeAlias = Credit  # noqa: Y015
 
 @_typing.final
 class Drain(_message.Message):
+    """Asks for no more jobs on this stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -173,6 +179,8 @@ Global___Drain: _TypeAlias = Drain  # noqa: Y015
 
 @_typing.final
 class AckItem(_message.Message):
+    """Success of one attempt."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -203,6 +211,8 @@ Global___AckItem: _TypeAlias = AckItem  # noqa: Y015
 
 @_typing.final
 class NackItem(_message.Message):
+    """Failure, cancellation or hand-back of one attempt."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -249,6 +259,8 @@ Global___NackItem: _TypeAlias = NackItem  # noqa: Y015
 
 @_typing.final
 class ExtendItem(_message.Message):
+    """Extension of one lease."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -317,6 +329,8 @@ Global___LeaseResponse: _TypeAlias = LeaseResponse  # noqa: Y015
 
 @_typing.final
 class LeasedJob(_message.Message):
+    """A job leased to this worker."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
@@ -349,13 +363,17 @@ Global___LeasedJob: _TypeAlias = LeasedJob  # noqa: Y015
 
 @_typing.final
 class CancelNotice(_message.Message):
+    """A job this worker runs was cancelled; stop it and nack it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The cancelled job."""
     lease_token: _builtins.str
+    """The lease the worker holds on it."""
     reason: _builtins.str
     """The producer's reason, if given."""
     def __init__(
@@ -375,6 +393,8 @@ Global___CancelNotice: _TypeAlias = CancelNotice  # noqa: Y015
 
 @_typing.final
 class SettleResult(_message.Message):
+    """The answer to one ack, nack or extend item sent on the stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
@@ -385,8 +405,11 @@ class SettleResult(_message.Message):
     LEASE_DEADLINE_FIELD_NUMBER: _builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     kind: Global___SettleKind.ValueType
+    """Which kind of item this answers."""
     job_id: _builtins.str
+    """The item's job."""
     lease_token: _builtins.str
+    """The item's lease token."""
     code: _builtins.int
     """A google.rpc.Code value: 0 OK, 3 INVALID_ARGUMENT, 5 NOT_FOUND,
     9 FAILED_PRECONDITION (lease lost or settled otherwise), 14 UNAVAILABLE
@@ -421,6 +444,8 @@ Global___SettleResult: _TypeAlias = SettleResult  # noqa: Y015
 
 @_typing.final
 class AckRequest(_message.Message):
+    """Acknowledgements outside a stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
@@ -443,6 +468,8 @@ Global___AckRequest: _TypeAlias = AckRequest  # noqa: Y015
 
 @_typing.final
 class AckResponse(_message.Message):
+    """Every item was recorded (or was a repeat of a recorded outcome)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -458,6 +485,8 @@ Global___AckResponse: _TypeAlias = AckResponse  # noqa: Y015
 
 @_typing.final
 class NackRequest(_message.Message):
+    """Failures outside a stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
@@ -480,6 +509,8 @@ Global___NackRequest: _TypeAlias = NackRequest  # noqa: Y015
 
 @_typing.final
 class NackResponse(_message.Message):
+    """Every item was recorded (or was a repeat of a recorded outcome)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -495,6 +526,8 @@ Global___NackResponse: _TypeAlias = NackResponse  # noqa: Y015
 
 @_typing.final
 class ExtendRequest(_message.Message):
+    """Lease extensions, outside a stream or on it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
@@ -517,6 +550,8 @@ Global___ExtendRequest: _TypeAlias = ExtendRequest  # noqa: Y015
 
 @_typing.final
 class ExtendResponse(_message.Message):
+    """The new deadlines."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
@@ -539,12 +574,15 @@ Global___ExtendResponse: _TypeAlias = ExtendResponse  # noqa: Y015
 
 @_typing.final
 class ExtendResult(_message.Message):
+    """The new deadline of one lease."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     LEASE_DEADLINE_FIELD_NUMBER: _builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The extended job."""
     cancel_requested: _builtins.bool
     """The job has been cancelled; stop running it and nack it."""
     @_builtins.property

