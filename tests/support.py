@@ -11,14 +11,16 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-
 from jobwire.v1 import job_pb2, jobs_pb2_grpc, leases_pb2, leases_pb2_grpc
 
 T = TypeVar("T")
 
 
 def wait_for(
-    condition: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.02,
+    condition: Callable[[], T | None],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
     message: str = "condition",
 ) -> T:
     """Polls `condition` until it returns something truthy; fails after `timeout` seconds."""
@@ -112,16 +114,26 @@ class StreamClient:
     """
 
     def __init__(
-        self, target: str, *, worker_id: str = "stub-worker", queues: tuple[str, ...] = ("default",),
-        types: tuple[str, ...] = ("echo",), credits: int = 1,
+        self,
+        target: str,
+        *,
+        worker_id: str = "stub-worker",
+        queues: tuple[str, ...] = ("default",),
+        types: tuple[str, ...] = ("echo",),
+        credits: int = 1,
     ) -> None:
         self._requests: queue.Queue[leases_pb2.LeaseRequest | None] = queue.Queue()
         self.responses: list[leases_pb2.LeaseResponse] = []
         self._lock = threading.Lock()
         self.error: grpc.RpcError | None = None
         self._channel = grpc.insecure_channel(target)
-        self.send(leases_pb2.LeaseRequest(hello=leases_pb2.Hello(
-            worker_id=worker_id, queues=list(queues), types=list(types), credits=credits)))
+        self.send(
+            leases_pb2.LeaseRequest(
+                hello=leases_pb2.Hello(
+                    worker_id=worker_id, queues=list(queues), types=list(types), credits=credits
+                )
+            )
+        )
         self._call = leases_pb2_grpc.LeasesStub(self._channel).Lease(self._iter())
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -146,8 +158,11 @@ class StreamClient:
             return [getattr(r, kind) for r in self.responses if r.WhichOneof("kind") == kind]
 
     def next_job(self, timeout: float = 10.0, index: int = 0) -> leases_pb2.LeasedJob:
-        jobs = wait_for(lambda: len(self.of_kind("job")) > index and self.of_kind("job"),
-                        timeout=timeout, message="a leased job")
+        jobs = wait_for(
+            lambda: len(self.of_kind("job")) > index and self.of_kind("job"),
+            timeout=timeout,
+            message="a leased job",
+        )
         return jobs[index]  # type: ignore[no-any-return]
 
     def result_for(self, job_id: str, kind: int, timeout: float = 10.0) -> leases_pb2.SettleResult:
@@ -156,12 +171,19 @@ class StreamClient:
                 if r.job_id == job_id and r.kind == kind:
                     return r  # type: ignore[no-any-return]
             return None
+
         return wait_for(find, timeout=timeout, message=f"settle result for {job_id}")
 
     def ack(self, job: leases_pb2.LeasedJob, data: bytes = b'"ok"') -> leases_pb2.SettleResult:
-        self.send(leases_pb2.LeaseRequest(ack=leases_pb2.AckItem(
-            job_id=job.job.id, lease_token=job.lease_token,
-            result=job_pb2.Payload(data=data, content_type="application/json"))))
+        self.send(
+            leases_pb2.LeaseRequest(
+                ack=leases_pb2.AckItem(
+                    job_id=job.job.id,
+                    lease_token=job.lease_token,
+                    result=job_pb2.Payload(data=data, content_type="application/json"),
+                )
+            )
+        )
         return self.result_for(job.job.id, leases_pb2.SETTLE_KIND_ACK)
 
     def cut(self) -> None:

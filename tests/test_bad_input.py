@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
+
 from tests.support import SchedulerThread, StreamClient
 
 PAYLOAD_LIMIT = 1024 * 1024
@@ -29,7 +29,9 @@ BAD_SPECS: dict[str, tuple[job_pb2.JobSpec, str]] = {
     "overlong queue": (spec(queue="q" * 129), "queue"),
     "queue with slash": (spec(queue="a/b"), "queue"),
     "payload over the limit": (
-        spec(payload=job_pb2.Payload(data=b"x" * (PAYLOAD_LIMIT + 1))), "limit is 1048576 bytes"),
+        spec(payload=job_pb2.Payload(data=b"x" * (PAYLOAD_LIMIT + 1))),
+        "limit is 1048576 bytes",
+    ),
     "negative priority": (spec(priority=-1001), "priority"),
     "absurd priority": (spec(priority=2**31 - 1), "priority"),
     "negative max_attempts": (spec(max_attempts=-1), "max_attempts"),
@@ -37,9 +39,14 @@ BAD_SPECS: dict[str, tuple[job_pb2.JobSpec, str]] = {
     "negative lease timeout": (spec(lease_timeout=Duration(seconds=-5)), "lease_timeout"),
     "absurd lease timeout": (spec(lease_timeout=Duration(seconds=10**9)), "lease_timeout"),
     "zero lease timeout": (spec(lease_timeout=Duration()), "lease_timeout"),
-    "negative execution timeout": (spec(execution_timeout=Duration(seconds=-1)), "execution_timeout"),
+    "negative execution timeout": (
+        spec(execution_timeout=Duration(seconds=-1)),
+        "execution_timeout",
+    ),
     "absurd execution timeout": (
-        spec(execution_timeout=Duration(seconds=400 * 86400)), "execution_timeout"),
+        spec(execution_timeout=Duration(seconds=400 * 86400)),
+        "execution_timeout",
+    ),
     "malformed duration": (spec(lease_timeout=Duration(seconds=5, nanos=-1)), "lease_timeout"),
     "run_at far ahead": (spec(run_at=Timestamp(seconds=253402300000)), "run_at"),
     "backoff multiplier": (spec(backoff=job_pb2.BackoffPolicy(multiplier=50)), "multiplier"),
@@ -111,8 +118,12 @@ def test_forged_and_foreign_page_tokens(scheduler: SchedulerThread) -> None:
     token = page.next_page_token
     forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
     for bad in (forged, "garbage", "eyJ0IjogMX0", token + "x"):
-        assert "page_token" in refused(
-            lambda bad=bad: stub.List(jobs_pb2.ListRequest(page_size=2, page_token=bad))).details()
+        assert (
+            "page_token"
+            in refused(
+                lambda bad=bad: stub.List(jobs_pb2.ListRequest(page_size=2, page_token=bad))
+            ).details()
+        )
     # A token is bound to the filters it was made for.
     refused(lambda: stub.List(jobs_pb2.ListRequest(page_size=2, page_token=token, queue="other")))
     refused(lambda: stub.List(jobs_pb2.ListRequest(page_size=501)))
@@ -126,28 +137,69 @@ def test_unknown_and_malformed_lease_tokens(scheduler: SchedulerThread) -> None:
     before = scheduler.jobs().Get(jobs_pb2.GetRequest(id=job.id)).job
     stub = scheduler.leases()
     unknown = "00000000-0000-4000-8000-000000000000"
-    details = refused(lambda: stub.Ack(leases_pb2.AckRequest(items=[
-        leases_pb2.AckItem(job_id=job.id, lease_token=unknown)]))).details()
+    details = refused(
+        lambda: stub.Ack(
+            leases_pb2.AckRequest(items=[leases_pb2.AckItem(job_id=job.id, lease_token=unknown)])
+        )
+    ).details()
     assert "never issued" in details
-    refused(lambda: stub.Nack(leases_pb2.NackRequest(items=[leases_pb2.NackItem(
-        job_id=job.id, lease_token=unknown, error=job_pb2.JobError(message="x"))])))
-    refused(lambda: stub.Extend(leases_pb2.ExtendRequest(items=[
-        leases_pb2.ExtendItem(job_id=job.id, lease_token=unknown)])))
-    refused(lambda: stub.Ack(leases_pb2.AckRequest(items=[
-        leases_pb2.AckItem(job_id=job.id, lease_token="not-a-token")])))
+    refused(
+        lambda: stub.Nack(
+            leases_pb2.NackRequest(
+                items=[
+                    leases_pb2.NackItem(
+                        job_id=job.id, lease_token=unknown, error=job_pb2.JobError(message="x")
+                    )
+                ]
+            )
+        )
+    )
+    refused(
+        lambda: stub.Extend(
+            leases_pb2.ExtendRequest(
+                items=[leases_pb2.ExtendItem(job_id=job.id, lease_token=unknown)]
+            )
+        )
+    )
+    refused(
+        lambda: stub.Ack(
+            leases_pb2.AckRequest(
+                items=[leases_pb2.AckItem(job_id=job.id, lease_token="not-a-token")]
+            )
+        )
+    )
     refused(lambda: stub.Ack(leases_pb2.AckRequest()))
     # A nack needs an error unless it hands the job back.
-    refused(lambda: stub.Nack(leases_pb2.NackRequest(items=[leases_pb2.NackItem(
-        job_id=job.id, lease_token=leased.lease_token)])))
+    refused(
+        lambda: stub.Nack(
+            leases_pb2.NackRequest(
+                items=[leases_pb2.NackItem(job_id=job.id, lease_token=leased.lease_token)]
+            )
+        )
+    )
     # A batch naming one job twice is refused whole.
-    refused(lambda: stub.Ack(leases_pb2.AckRequest(items=[
-        leases_pb2.AckItem(job_id=job.id, lease_token=leased.lease_token),
-        leases_pb2.AckItem(job_id=job.id, lease_token=unknown)])))
+    refused(
+        lambda: stub.Ack(
+            leases_pb2.AckRequest(
+                items=[
+                    leases_pb2.AckItem(job_id=job.id, lease_token=leased.lease_token),
+                    leases_pb2.AckItem(job_id=job.id, lease_token=unknown),
+                ]
+            )
+        )
+    )
     other = scheduler.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[spec()])).results[0].job
     # An atomic batch with one unknown token leaves the good item unapplied too.
-    refused(lambda: stub.Ack(leases_pb2.AckRequest(items=[
-        leases_pb2.AckItem(job_id=job.id, lease_token=leased.lease_token),
-        leases_pb2.AckItem(job_id=other.id, lease_token=unknown)])))
+    refused(
+        lambda: stub.Ack(
+            leases_pb2.AckRequest(
+                items=[
+                    leases_pb2.AckItem(job_id=job.id, lease_token=leased.lease_token),
+                    leases_pb2.AckItem(job_id=other.id, lease_token=unknown),
+                ]
+            )
+        )
+    )
     after = scheduler.jobs().Get(jobs_pb2.GetRequest(id=job.id)).job
     assert after.state == job_pb2.JOB_STATE_RUNNING
     assert after.updated_at == before.updated_at
@@ -164,8 +216,15 @@ def test_stream_must_start_with_a_valid_hello(scheduler: SchedulerThread) -> Non
     with pytest.raises(grpc.RpcError) as info:
         list(no_hello)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    bad_hello = stub.Lease(iter([leases_pb2.LeaseRequest(hello=leases_pb2.Hello(
-        worker_id="w", queues=["default"], types=[], credits=1))]))
+    bad_hello = stub.Lease(
+        iter(
+            [
+                leases_pb2.LeaseRequest(
+                    hello=leases_pb2.Hello(worker_id="w", queues=["default"], types=[], credits=1)
+                )
+            ]
+        )
+    )
     with pytest.raises(grpc.RpcError) as info:
         list(bad_hello)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

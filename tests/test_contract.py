@@ -39,10 +39,16 @@ def test_every_declaration_is_commented(tmp_path: Path) -> None:
     out = tmp_path / "contract.pb"
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos").rglob("*.proto"))
-    status = protoc.main([
-        "protoc", f"-I{ROOT / 'protos'}", f"-I{include}", "--include_source_info",
-        f"--descriptor_set_out={out}", *protos,
-    ])
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'protos'}",
+            f"-I{include}",
+            "--include_source_info",
+            f"--descriptor_set_out={out}",
+            *protos,
+        ]
+    )
     assert status == 0
     files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     missing: list[str] = []

@@ -6,14 +6,16 @@ import json
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-
 from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
+
 from tests.support import SchedulerThread, StreamClient
 
 
 def submit(scheduler: SchedulerThread, **spec: object) -> job_pb2.Job:
     spec.setdefault("type", "echo")
-    spec.setdefault("payload", job_pb2.Payload(data=b'{"text": "hi"}', content_type="application/json"))
+    spec.setdefault(
+        "payload", job_pb2.Payload(data=b'{"text": "hi"}', content_type="application/json")
+    )
     response = scheduler.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(**spec)]))
     return response.results[0].job
 
@@ -31,9 +33,19 @@ def test_submit_lease_extend_ack_get(scheduler: SchedulerThread) -> None:
         assert leased.job.state == job_pb2.JOB_STATE_RUNNING
         assert json.loads(leased.job.spec.payload.data) == {"text": "hi"}
 
-        worker.send(leases_pb2.LeaseRequest(extend=leases_pb2.ExtendRequest(items=[
-            leases_pb2.ExtendItem(job_id=job.id, lease_token=leased.lease_token,
-                                  extend_by=Duration(seconds=60))])))
+        worker.send(
+            leases_pb2.LeaseRequest(
+                extend=leases_pb2.ExtendRequest(
+                    items=[
+                        leases_pb2.ExtendItem(
+                            job_id=job.id,
+                            lease_token=leased.lease_token,
+                            extend_by=Duration(seconds=60),
+                        )
+                    ]
+                )
+            )
+        )
         extended = worker.result_for(job.id, leases_pb2.SETTLE_KIND_EXTEND)
         assert extended.code == grpc.StatusCode.OK.value[0]
         assert extended.lease_deadline.seconds > leased.lease_deadline.seconds

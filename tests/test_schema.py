@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-
 from jobwire.scheduler import migrate
 
 
@@ -20,9 +19,17 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
 def insert_job(conn: psycopg.Connection[tuple[object, ...]], **columns: object) -> uuid.UUID:
     job_id = uuid.uuid4()
     values = {
-        "id": job_id, "queue": "q", "type": "t", "payload": b"{}", "run_at": "now()",
-        "max_attempts": 3, "backoff_initial": "1 second", "backoff_max": "1 minute",
-        "backoff_multiplier": 2.0, "backoff_jitter": 0.0, "lease_timeout": "30 seconds",
+        "id": job_id,
+        "queue": "q",
+        "type": "t",
+        "payload": b"{}",
+        "run_at": "now()",
+        "max_attempts": 3,
+        "backoff_initial": "1 second",
+        "backoff_max": "1 minute",
+        "backoff_multiplier": 2.0,
+        "backoff_jitter": 0.0,
+        "lease_timeout": "30 seconds",
         **columns,
     }
     names = ", ".join(values)
@@ -64,57 +71,79 @@ def test_result_if_and_only_if_succeeded(conn: psycopg.Connection[tuple[object, 
     job_id = insert_job(conn)
     violates(conn, "UPDATE jobwire_jobs SET result = 'x' WHERE id = %s", job_id)
     lease(conn, job_id)
-    violates(conn, """UPDATE jobwire_jobs SET state = 'SUCCEEDED', finished_at = now(),
-                      lease_token = NULL, lease_deadline = NULL WHERE id = %s""", job_id)
+    violates(
+        conn,
+        """UPDATE jobwire_jobs SET state = 'SUCCEEDED', finished_at = now(),
+                      lease_token = NULL, lease_deadline = NULL WHERE id = %s""",
+        job_id,
+    )
 
 
 def test_failed_needs_an_error(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     job_id = insert_job(conn)
     lease(conn, job_id)
     assert "error_on_failed" in violates(
-        conn, """UPDATE jobwire_jobs SET state = 'FAILED', finished_at = now(),
-                 lease_token = NULL, lease_deadline = NULL WHERE id = %s""", job_id)
+        conn,
+        """UPDATE jobwire_jobs SET state = 'FAILED', finished_at = now(),
+                 lease_token = NULL, lease_deadline = NULL WHERE id = %s""",
+        job_id,
+    )
 
 
 def test_terminal_states_are_final(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     job_id = insert_job(conn)
-    conn.execute("""UPDATE jobwire_jobs SET state = 'CANCELLED', finished_at = now(),
-                    error_message = 'x' WHERE id = %s""", (job_id,))
+    conn.execute(
+        """UPDATE jobwire_jobs SET state = 'CANCELLED', finished_at = now(),
+                    error_message = 'x' WHERE id = %s""",
+        (job_id,),
+    )
     assert "final" in violates(
-        conn, "UPDATE jobwire_jobs SET state = 'PENDING', finished_at = NULL WHERE id = %s",
-        job_id)
+        conn, "UPDATE jobwire_jobs SET state = 'PENDING', finished_at = NULL WHERE id = %s", job_id
+    )
     assert "final" in violates(conn, "UPDATE jobwire_jobs SET priority = 5 WHERE id = %s", job_id)
 
 
 def test_write_once_fields_and_transitions(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     job_id = insert_job(conn)
     assert "write-once" in violates(
-        conn, "UPDATE jobwire_jobs SET payload = 'other' WHERE id = %s", job_id)
+        conn, "UPDATE jobwire_jobs SET payload = 'other' WHERE id = %s", job_id
+    )
     assert "write-once" in violates(
-        conn, "UPDATE jobwire_jobs SET type = 'other' WHERE id = %s", job_id)
+        conn, "UPDATE jobwire_jobs SET type = 'other' WHERE id = %s", job_id
+    )
     assert "cannot go from PENDING to SUCCEEDED" in violates(
-        conn, """UPDATE jobwire_jobs SET state = 'SUCCEEDED', result = 'x', finished_at = now()
-                 WHERE id = %s""", job_id)
+        conn,
+        """UPDATE jobwire_jobs SET state = 'SUCCEEDED', result = 'x', finished_at = now()
+                 WHERE id = %s""",
+        job_id,
+    )
 
 
 def test_running_holds_exactly_one_lease(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     job_id = insert_job(conn)
     assert "lease_iff_running" in violates(
-        conn, "UPDATE jobwire_jobs SET state = 'RUNNING' WHERE id = %s", job_id)
+        conn, "UPDATE jobwire_jobs SET state = 'RUNNING' WHERE id = %s", job_id
+    )
     lease(conn, job_id)
     # A second live attempt of the same job is refused by the partial unique index.
     assert "jobwire_attempts_one_live" in violates(
-        conn, """INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id)
-                 VALUES (%s, 2, gen_random_uuid(), 'other')""", job_id)
+        conn,
+        """INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id)
+                 VALUES (%s, 2, gen_random_uuid(), 'other')""",
+        job_id,
+    )
 
 
 def test_settled_attempts_are_history(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     job_id = insert_job(conn)
     token = lease(conn, job_id)
-    conn.execute("SELECT jobwire_end_attempt(%s, %s, false, false, true, NULL, 'x', 'k', '')",
-                 (job_id, token))
+    conn.execute(
+        "SELECT jobwire_end_attempt(%s, %s, false, false, true, NULL, 'x', 'k', '')",
+        (job_id, token),
+    )
     assert "settled" in violates(
-        conn, "UPDATE jobwire_attempts SET outcome = 'SUCCEEDED' WHERE job_id = %s", job_id)
+        conn, "UPDATE jobwire_attempts SET outcome = 'SUCCEEDED' WHERE job_id = %s", job_id
+    )
 
 
 def test_end_attempt_refuses_a_stale_token(conn: psycopg.Connection[tuple[object, ...]]) -> None:

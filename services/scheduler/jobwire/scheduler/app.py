@@ -12,7 +12,6 @@ from uuid import UUID
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from jobwire.v1 import jobs_pb2, jobs_pb2_grpc, leases_pb2, leases_pb2_grpc
 
 from . import migrate
@@ -158,7 +157,9 @@ class Scheduler:
                 await task
         await self.store.close()
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def _set_health(
+        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 

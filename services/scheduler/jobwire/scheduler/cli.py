@@ -30,30 +30,72 @@ def _database_url(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _scheduler_tuning(parser: argparse.ArgumentParser) -> None:
-    env_flag(parser, "--listen", env="JOBWIRE_LISTEN", default=DEFAULT_LISTEN,
-             help="gRPC address to listen on, host:port")
-    env_flag(parser, "--stream-grace", env="JOBWIRE_STREAM_GRACE", default=5.0, type=float,
-             help="seconds a worker that lost its stream has to come back before its jobs "
-             "are leased again")
-    env_flag(parser, "--reaper-interval", env="JOBWIRE_REAPER_INTERVAL", default=1.0,
-             type=float, help="seconds between sweeps for expired leases")
-    env_flag(parser, "--poll-interval", env="JOBWIRE_POLL_INTERVAL", default=1.0, type=float,
-             help="seconds between checks for jobs that became ready by time")
-    env_flag(parser, "--max-payload-bytes", env="JOBWIRE_MAX_PAYLOAD_BYTES",
-             default=1024 * 1024, type=int, help="largest payload or result accepted")
-    env_flag(parser, "--pool-size", env="JOBWIRE_POOL_SIZE", default=10, type=int,
-             help="most database connections")
+    env_flag(
+        parser,
+        "--listen",
+        env="JOBWIRE_LISTEN",
+        default=DEFAULT_LISTEN,
+        help="gRPC address to listen on, host:port",
+    )
+    env_flag(
+        parser,
+        "--stream-grace",
+        env="JOBWIRE_STREAM_GRACE",
+        default=5.0,
+        type=float,
+        help="seconds a worker that lost its stream has to come back before its jobs "
+        "are leased again",
+    )
+    env_flag(
+        parser,
+        "--reaper-interval",
+        env="JOBWIRE_REAPER_INTERVAL",
+        default=1.0,
+        type=float,
+        help="seconds between sweeps for expired leases",
+    )
+    env_flag(
+        parser,
+        "--poll-interval",
+        env="JOBWIRE_POLL_INTERVAL",
+        default=1.0,
+        type=float,
+        help="seconds between checks for jobs that became ready by time",
+    )
+    env_flag(
+        parser,
+        "--max-payload-bytes",
+        env="JOBWIRE_MAX_PAYLOAD_BYTES",
+        default=1024 * 1024,
+        type=int,
+        help="largest payload or result accepted",
+    )
+    env_flag(
+        parser,
+        "--pool-size",
+        env="JOBWIRE_POOL_SIZE",
+        default=10,
+        type=int,
+        help="most database connections",
+    )
 
 
 def register(subparsers: Any) -> None:
     scheduler = subparsers.add_parser(
-        "scheduler", help="run the scheduler (gRPC server on PostgreSQL)",
+        "scheduler",
+        help="run the scheduler (gRPC server on PostgreSQL)",
         description="Run one scheduler replica. Several may share one database.",
     )
     _database_url(scheduler, required=True)
     _scheduler_tuning(scheduler)
-    env_flag(scheduler, "--migrate", env="JOBWIRE_MIGRATE", default=True, type=bool,
-             help="apply pending migrations at start-up")
+    env_flag(
+        scheduler,
+        "--migrate",
+        env="JOBWIRE_MIGRATE",
+        default=True,
+        type=bool,
+        help="apply pending migrations at start-up",
+    )
     scheduler.set_defaults(func=run_scheduler)
 
     migrate = subparsers.add_parser("migrate", help="apply pending database migrations")
@@ -61,17 +103,29 @@ def register(subparsers: Any) -> None:
     migrate.set_defaults(func=run_migrate)
 
     dev = subparsers.add_parser(
-        "dev", help="run PostgreSQL (embedded), a scheduler and a worker on this machine",
+        "dev",
+        help="run PostgreSQL (embedded), a scheduler and a worker on this machine",
         description="Everything on one machine with nothing but Python: an embedded "
         "PostgreSQL whose data stays in --data-dir, the scheduler, and one worker with the "
         "built-in job types. Ctrl-C stops it all.",
     )
-    env_flag(dev, "--data-dir", env="JOBWIRE_DATA_DIR", default=".jobwire",
-             help="folder for the embedded database")
+    env_flag(
+        dev,
+        "--data-dir",
+        env="JOBWIRE_DATA_DIR",
+        default=".jobwire",
+        help="folder for the embedded database",
+    )
     _database_url(dev, required=False)
     _scheduler_tuning(dev)
-    env_flag(dev, "--concurrency", env="JOBWIRE_CONCURRENCY", default=8, type=int,
-             help="jobs the dev worker runs at once")
+    env_flag(
+        dev,
+        "--concurrency",
+        env="JOBWIRE_CONCURRENCY",
+        default=8,
+        type=int,
+        help="jobs the dev worker runs at once",
+    )
     dev.set_defaults(func=run_dev)
 
 

@@ -6,7 +6,6 @@ from datetime import datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from jobwire.v1 import job_pb2, jobs_pb2
 
 from .model import Attempt, ErrorInfo, Job, QueueStats, State
@@ -94,7 +93,9 @@ def job(value: Job) -> job_pb2.Job:
         cancel_requested=value.cancel_requested,
     )
     if value.result is not None:
-        msg.result.CopyFrom(job_pb2.Payload(data=value.result, content_type=value.result_type or ""))
+        msg.result.CopyFrom(
+            job_pb2.Payload(data=value.result, content_type=value.result_type or "")
+        )
     if value.error:
         msg.error.CopyFrom(error(value.error))
     if value.started_at:

@@ -34,8 +34,18 @@ def _ensure_database(server_url: str) -> str:
 
 def _start_worker(target: str, concurrency: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "jobwire.cli.main", "worker", "--target", target,
-         "--concurrency", str(concurrency), "--worker-id", f"dev-worker-{os.getpid()}"],
+        [
+            sys.executable,
+            "-m",
+            "jobwire.cli.main",
+            "worker",
+            "--target",
+            target,
+            "--concurrency",
+            str(concurrency),
+            "--worker-id",
+            f"dev-worker-{os.getpid()}",
+        ],
         # Its own process group: Ctrl-C reaches us, and we drain the worker in order.
         start_new_session=True,
     )
@@ -53,7 +63,7 @@ async def _run_stack(args: argparse.Namespace, database_url: str, where: str) ->
         f"  worker      pid {worker.pid}, {args.concurrency} slots, queue 'default', "
         "types uppercase reverse csv text fail\n"
         "In another terminal, with the same environment:\n"
-        "  jobwire submit uppercase '{\"text\": \"hi\"}' --wait\n"
+        '  jobwire submit uppercase \'{"text": "hi"}\' --wait\n'
         "Ctrl-C stops everything.",
         flush=True,
     )

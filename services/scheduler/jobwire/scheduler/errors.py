@@ -1,11 +1,11 @@
 """Errors of the scheduler core. The gRPC layer maps each class to one status code.
 
-    SchedulerError
-    ├── InvalidArgument      -> INVALID_ARGUMENT
-    ├── NotFound             -> NOT_FOUND
-    ├── AlreadyExists        -> ALREADY_EXISTS
-    ├── FailedPrecondition   -> FAILED_PRECONDITION
-    └── Unavailable          -> UNAVAILABLE
+SchedulerError
+├── InvalidArgument      -> INVALID_ARGUMENT
+├── NotFound             -> NOT_FOUND
+├── AlreadyExists        -> ALREADY_EXISTS
+├── FailedPrecondition   -> FAILED_PRECONDITION
+└── Unavailable          -> UNAVAILABLE
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-
 from jobwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 from . import convert, validation
@@ -83,8 +82,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             self._dispatcher.wake()
         return jobs_pb2.SubmitResponse(
             results=[
-                jobs_pb2.SubmitResult(job=convert.job(s.job), created=s.created)
-                for s in submitted
+                jobs_pb2.SubmitResult(job=convert.job(s.job), created=s.created) for s in submitted
             ]
         )
 
@@ -102,7 +100,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         for value in request.states:
             if value not in convert.STATE_FROM_PROTO:
                 raise InvalidArgument(f"states: {value} is not a job state")
-            states.append(convert.STATE_FROM_PROTO[value])  # type: ignore[index]
+            states.append(convert.STATE_FROM_PROTO[value])
         filt = ListFilter(
             queue=validation.name(request.queue, "queue") if request.queue else None,
             type=validation.name(request.type, "type") if request.type else None,
@@ -113,7 +111,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         after = None
         if request.page_token:
             after = self._page_tokens.read(request.page_token, filters=filters_key)
-        rows = await self._store.list(filt, limit=size + 1, after=after)
+        rows = await self._store.list_jobs(filt, limit=size + 1, after=after)
         page, more = rows[:size], len(rows) > size
         token = ""
         if more:
@@ -161,13 +159,17 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         return jobs_pb2.CancelResponse(job=convert.job(job))
 
     @unary
-    async def Retry(self, request: jobs_pb2.RetryRequest, context: Context) -> jobs_pb2.RetryResponse:
+    async def Retry(
+        self, request: jobs_pb2.RetryRequest, context: Context
+    ) -> jobs_pb2.RetryResponse:
         job = await self._store.retry(validation.job_id(request.id))
         self._dispatcher.wake()
         return jobs_pb2.RetryResponse(job=convert.job(job))
 
     @unary
-    async def Stats(self, request: jobs_pb2.StatsRequest, context: Context) -> jobs_pb2.StatsResponse:
+    async def Stats(
+        self, request: jobs_pb2.StatsRequest, context: Context
+    ) -> jobs_pb2.StatsResponse:
         queue = validation.name(request.queue, "queue") if request.queue else None
         stats = await self._store.stats(queue)
         workers: dict[str, int] = {}
@@ -177,4 +179,3 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         return jobs_pb2.StatsResponse(
             queues=[convert.queue_stats(s, workers.get(s.queue, 0)) for s in stats]
         )
-

@@ -10,13 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-
 from jobwire.v1 import leases_pb2, leases_pb2_grpc
 
 from . import convert, validation
 from .dispatch import Dispatcher, JobChanges, Session
 from .errors import InvalidArgument, SchedulerError
-from .model import Ack, Extension, Nack
+from . import model
+from .model import Extension
 from .status import code_of, unary
 from .store import Store
 
@@ -238,15 +238,13 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             ]
         )
 
-    def _settled(self, items: Sequence[Ack | Nack]) -> None:
+    def _settled(self, items: Sequence[model.Ack | model.Nack]) -> None:
         for item in items:
             self._dispatcher.release(item.job_id)
             self._changes.changed(item.job_id)
 
 
-def _extend_result(
-    job_id: str, token: str, error: Exception | None
-) -> leases_pb2.LeaseResponse:
+def _extend_result(job_id: str, token: str, error: Exception | None) -> leases_pb2.LeaseResponse:
     result = leases_pb2.SettleResult(
         kind=leases_pb2.SETTLE_KIND_EXTEND, job_id=job_id, lease_token=token, code=_OK
     )
@@ -254,4 +252,3 @@ def _extend_result(
         result.code = code_of(error).value[0]
         result.message = str(error)
     return leases_pb2.LeaseResponse(result=result)
-

@@ -31,9 +31,7 @@ def available() -> list[Migration]:
         match = _FILE.match(entry.name)
         if match:
             found.append(
-                Migration(
-                    version=int(match[1]), name=match[2], sql=entry.read_text("utf-8")
-                )
+                Migration(version=int(match[1]), name=match[2], sql=entry.read_text("utf-8"))
             )
     return sorted(found, key=lambda m: m.version)
 

@@ -32,7 +32,7 @@ CODES: dict[type[SchedulerError], grpc.StatusCode] = {
 def code_of(exc: SchedulerError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in CODES:
-            return CODES[cls]  # type: ignore[index]
+            return CODES[cls]
     return grpc.StatusCode.INTERNAL
 
 

@@ -148,20 +148,26 @@ class Store:
             "trace_id": [j.trace_id for j in jobs],
         }
         async with self._transaction() as conn:
-            inserted = {row["id"]: Job.from_row(row) for row in await self._rows(
-                conn, "insert_jobs", params)}
+            inserted = {
+                row["id"]: Job.from_row(row)
+                for row in await self._rows(conn, "insert_jobs", params)
+            }
             # Rows whose key was taken (by an older job or earlier in this batch).
             skipped = [i for i, job_id in enumerate(ids) if job_id not in inserted]
             existing: dict[tuple[str, str, str], Job] = {}
             if skipped:
-                rows = await self._rows(conn, "jobs_by_idempotency_key", {
-                    "tenant": [jobs[i].tenant for i in skipped],
-                    "queue": [jobs[i].queue for i in skipped],
-                    "idempotency_key": [jobs[i].idempotency_key for i in skipped],
-                })
+                rows = await self._rows(
+                    conn,
+                    "jobs_by_idempotency_key",
+                    {
+                        "tenant": [jobs[i].tenant for i in skipped],
+                        "queue": [jobs[i].queue for i in skipped],
+                        "idempotency_key": [jobs[i].idempotency_key for i in skipped],
+                    },
+                )
                 for row in rows:
-                    existing[(row["tenant"], row["queue"], row["idempotency_key"])] = (
-                        Job.from_row(row)
+                    existing[(row["tenant"], row["queue"], row["idempotency_key"])] = Job.from_row(
+                        row
                     )
             results = []
             for i, job in enumerate(jobs):
@@ -196,7 +202,7 @@ class Store:
                 )
         return Job.from_row(rows[0], attempts)
 
-    async def list(
+    async def list_jobs(
         self, filt: ListFilter, *, limit: int, after: tuple[datetime, UUID] | None
     ) -> list[Job]:
         params = {
@@ -340,10 +346,14 @@ class Store:
             missed = [i for i in items if i.job_id not in applied]
             if not missed:
                 return []
-            rows = await self._rows(conn, "explain_refusals", {
-                "id": [i.job_id for i in missed],
-                "token": [i.lease_token for i in missed],
-            })
+            rows = await self._rows(
+                conn,
+                "explain_refusals",
+                {
+                    "id": [i.job_id for i in missed],
+                    "token": [i.lease_token for i in missed],
+                },
+            )
             refusals = [_refusal(r, same_outcome) for r in rows]
             if atomic:
                 first = next((r for r in refusals if r.error is not None), None)
@@ -401,4 +411,3 @@ def _refusal(row: dict[str, Any], same_outcome: set[Outcome]) -> Refusal:
             f"ended {row['outcome']}; the job is {row['state']} at attempt {row['job_attempt']}"
         )
     return Refusal(job_id=job_id, lease_token=token, error=error)
-

@@ -14,7 +14,6 @@ from uuid import UUID
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from jobwire.v1 import job_pb2, leases_pb2
 
 from .errors import InvalidArgument
@@ -52,9 +51,7 @@ def _fail(where: str, message: str) -> InvalidArgument:
 def name(value: str, where: str) -> str:
     if not NAME.match(value):
         shown = value if len(value) <= 40 else value[:40] + "…"
-        raise _fail(
-            where, f"{shown!r} must be 1-128 characters of letters, digits and _.:- "
-        )
+        raise _fail(where, f"{shown!r} must be 1-128 characters of letters, digits and _.:- ")
     return value
 
 
@@ -65,12 +62,8 @@ def job_id(value: str, where: str = "id") -> UUID:
         raise _fail(where, f"{value[:64]!r} is not a UUID") from None
 
 
-def _duration(
-    value: Duration, where: str, *, low: timedelta, high: timedelta
-) -> timedelta:
-    if value.nanos < -999_999_999 or value.nanos > 999_999_999 or (
-        value.seconds * value.nanos < 0
-    ):
+def _duration(value: Duration, where: str, *, low: timedelta, high: timedelta) -> timedelta:
+    if value.nanos < -999_999_999 or value.nanos > 999_999_999 or (value.seconds * value.nanos < 0):
         raise _fail(where, "is not a valid duration")
     if abs(value.seconds) > 10 * 365 * 86400:
         raise _fail(where, f"must be between {low} and {high}")
@@ -81,9 +74,7 @@ def _duration(
 
 
 def _timestamp(value: Timestamp, where: str) -> datetime:
-    if not (0 <= value.nanos <= 999_999_999) or not (
-        -62135596800 <= value.seconds <= 253402300799
-    ):
+    if not (0 <= value.nanos <= 999_999_999) or not (-62135596800 <= value.seconds <= 253402300799):
         raise _fail(where, "is not a valid timestamp")
     return value.ToDatetime(tzinfo=UTC)
 
@@ -128,8 +119,9 @@ def new_job(
             f"{where}.payload",
             f"is {len(payload)} bytes; the limit is {limits.max_payload_bytes} bytes",
         )
-    content_type = _text(spec.payload.content_type, f"{where}.payload.content_type",
-                         limits.max_content_type)
+    content_type = _text(
+        spec.payload.content_type, f"{where}.payload.content_type", limits.max_content_type
+    )
     if not -limits.max_priority <= spec.priority <= limits.max_priority:
         raise _fail(
             f"{where}.priority",
@@ -153,13 +145,16 @@ def new_job(
         initial = backoff.initial
         cap = backoff.max
         if b.HasField("initial"):
-            initial = _duration(b.initial, f"{where}.backoff.initial",
-                                low=timedelta(0), high=timedelta(days=1))
+            initial = _duration(
+                b.initial, f"{where}.backoff.initial", low=timedelta(0), high=timedelta(days=1)
+            )
         if b.HasField("max"):
             cap = _duration(b.max, f"{where}.backoff.max", low=timedelta(0), high=timedelta(days=7))
         multiplier = b.multiplier or backoff.multiplier
         if not 1.0 <= multiplier <= 10.0:
-            raise _fail(f"{where}.backoff.multiplier", f"must be between 1 and 10, got {multiplier}")
+            raise _fail(
+                f"{where}.backoff.multiplier", f"must be between 1 and 10, got {multiplier}"
+            )
         if not 0.0 <= b.jitter <= 1.0:
             raise _fail(f"{where}.backoff.jitter", f"must be between 0 and 1, got {b.jitter}")
         backoff = Backoff(
@@ -170,14 +165,23 @@ def new_job(
         )
     lease_timeout = limits.default_lease_timeout
     if spec.HasField("lease_timeout"):
-        lease_timeout = _duration(spec.lease_timeout, f"{where}.lease_timeout",
-                                  low=limits.min_lease_timeout, high=limits.max_lease_timeout)
+        lease_timeout = _duration(
+            spec.lease_timeout,
+            f"{where}.lease_timeout",
+            low=limits.min_lease_timeout,
+            high=limits.max_lease_timeout,
+        )
     execution_timeout = None
     if spec.HasField("execution_timeout"):
-        execution_timeout = _duration(
-            spec.execution_timeout, f"{where}.execution_timeout",
-            low=timedelta(0), high=limits.max_execution_timeout,
-        ) or None
+        execution_timeout = (
+            _duration(
+                spec.execution_timeout,
+                f"{where}.execution_timeout",
+                low=timedelta(0),
+                high=limits.max_execution_timeout,
+            )
+            or None
+        )
     key = _text(spec.idempotency_key, f"{where}.idempotency_key", limits.max_key_length) or None
     if len(spec.labels) > limits.max_labels:
         raise _fail(f"{where}.labels", f"has more than {limits.max_labels} entries")
@@ -212,8 +216,9 @@ def ack(item: leases_pb2.AckItem, where: str, limits: Limits) -> Ack:
     jid, token = _lease_ref(item.job_id, item.lease_token, where)
     if len(item.result.data) > limits.max_payload_bytes:
         raise _fail(f"{where}.result", f"is larger than {limits.max_payload_bytes} bytes")
-    content_type = _text(item.result.content_type, f"{where}.result.content_type",
-                         limits.max_content_type)
+    content_type = _text(
+        item.result.content_type, f"{where}.result.content_type", limits.max_content_type
+    )
     return Ack(job_id=jid, lease_token=token, result=item.result.data, result_type=content_type)
 
 
@@ -224,8 +229,9 @@ def nack(item: leases_pb2.NackItem, where: str, limits: Limits) -> Nack:
         raise _fail(f"{where}.error.message", "is required unless release is set")
     delay = None
     if item.HasField("retry_delay"):
-        delay = _duration(item.retry_delay, f"{where}.retry_delay",
-                          low=timedelta(0), high=limits.max_retry_delay)
+        delay = _duration(
+            item.retry_delay, f"{where}.retry_delay", low=timedelta(0), high=limits.max_retry_delay
+        )
     return Nack(
         job_id=jid,
         lease_token=token,
@@ -244,8 +250,12 @@ def extension(item: leases_pb2.ExtendItem, where: str, limits: Limits) -> Extens
     jid, token = _lease_ref(item.job_id, item.lease_token, where)
     extend_by = None
     if item.HasField("extend_by"):
-        extend_by = _duration(item.extend_by, f"{where}.extend_by",
-                              low=limits.min_lease_timeout, high=limits.max_lease_timeout)
+        extend_by = _duration(
+            item.extend_by,
+            f"{where}.extend_by",
+            low=limits.min_lease_timeout,
+            high=limits.max_lease_timeout,
+        )
     return Extension(job_id=jid, lease_token=token, extend_by=extend_by)
 
 
@@ -273,6 +283,4 @@ def nacks(items: list[leases_pb2.NackItem], limits: Limits) -> list[Nack]:
 
 def extensions(items: list[leases_pb2.ExtendItem], limits: Limits) -> list[Extension]:
     _batch(len(items), "items")
-    return _distinct_jobs(
-        [extension(item, f"items[{i}]", limits) for i, item in enumerate(items)]
-    )
+    return _distinct_jobs([extension(item, f"items[{i}]", limits) for i, item in enumerate(items)])
