@@ -1,0 +1,723 @@
+"""The producer and operator commands: submit, get, list, watch, cancel, retry, stats.
+
+Each command prints for people by default and one JSON document with `--json`.
+Exit codes: 0 success; 1 the job FAILED or was CANCELLED (submit --wait, watch), or an
+unexpected server error; 2 the request was refused (bad input, unknown job, state does
+not allow it, credentials); 3 the scheduler is unreachable or overloaded; 4 `--timeout`
+passed before the job finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from jobwire.cli.options import add_target, env_flag
+from jobwire.client import (
+    Client,
+    ClientError,
+    Job,
+    JobState,
+    QueueStats,
+    WaitTimeoutError,
+    WatchEvent,
+)
+from jobwire.client.codec import is_json_type
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_TIMEOUT",
+    "EXIT_UNAVAILABLE",
+    "exit_code_for",
+    "format_job",
+    "format_stats",
+    "format_table",
+    "format_time",
+    "humanize",
+    "parse_label",
+    "parse_run_at",
+    "register",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_UNAVAILABLE = 3
+EXIT_TIMEOUT = 4
+
+_REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+# Worth trying again later: nothing was wrong with the request itself.
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+_EXIT_CODES_HELP = """\
+exit codes:
+  0  success
+  1  the job FAILED or was CANCELLED, or the scheduler failed unexpectedly
+  2  the request was refused: bad input, unknown job, state does not allow it
+  3  the scheduler is unreachable, too slow or rate limiting
+  4  --timeout passed before the job finished
+"""
+
+Command = Callable[[argparse.Namespace], int]
+
+
+# -- formatting, kept pure so it can be tested without a scheduler ----------------------
+
+
+def format_time(value: datetime | None) -> str:
+    """Local time in ISO 8601 without microseconds; "-" when unset."""
+    if value is None:
+        return "-"
+    return value.astimezone().replace(microsecond=0).isoformat()
+
+
+def humanize(age: timedelta | float) -> str:
+    """A short duration for people: "3.2s", "42s", "5m", "1h30m", "2d4h"."""
+    seconds = age.total_seconds() if isinstance(age, timedelta) else float(age)
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        hours, minutes = divmod(int(seconds // 60), 60)
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    days, hours = divmod(int(seconds // 3600), 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def _ago(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return "-"
+    return f"{format_time(value)}  ({humanize(now - value)} ago)"
+
+
+def format_table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Iterable[int] = ()
+) -> str:
+    """Columns padded to their widest cell; `right` names the columns to right-align."""
+    table = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    aligned = set(right)
+    lines = []
+    for row in table:
+        cells = [
+            cell.rjust(widths[i]) if i in aligned else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _show_value(value: Any, content_type: str, *, limit: int = 200) -> str:
+    # One line, shortened: a block for people, not the data itself (that is --json).
+    if value is None and not content_type:
+        return "-"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes, {content_type or 'application/octet-stream'}>"
+    if isinstance(value, str) and not is_json_type(content_type):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_job(job: Job, *, now: datetime | None = None) -> str:
+    """A block of aligned fields describing one job, then its attempts."""
+    now = now or datetime.now(UTC)
+    fields: list[tuple[str, str]] = [
+        ("id", job.id),
+        ("type", job.type),
+        ("queue", job.queue),
+        ("state", job.state.value + ("  (cancel requested)" if job.cancel_requested else "")),
+        ("attempt", f"{job.attempt} of {job.max_attempts}"),
+        ("priority", str(job.priority)),
+        ("created", _ago(job.created_at, now)),
+        ("updated", _ago(job.updated_at, now)),
+    ]
+    if job.run_at is not None and job.state is JobState.PENDING:
+        due = job.run_at - now
+        when = f"in {humanize(due)}" if due.total_seconds() > 0 else "ready"
+        fields.append(("run at", f"{format_time(job.run_at)}  ({when})"))
+    if job.started_at is not None:
+        fields.append(("started", _ago(job.started_at, now)))
+    if job.finished_at is not None:
+        fields.append(("finished", _ago(job.finished_at, now)))
+        if job.started_at is not None:
+            fields.append(("ran for", humanize(job.finished_at - job.started_at)))
+    if job.lease_deadline is not None:
+        fields.append(("lease until", format_time(job.lease_deadline)))
+    if job.tenant:
+        fields.append(("tenant", job.tenant))
+    if job.idempotency_key:
+        fields.append(("idempotency", job.idempotency_key))
+    if job.retried_from:
+        fields.append(("retried from", job.retried_from))
+    if job.trace_id:
+        fields.append(("trace id", job.trace_id))
+    if job.labels:
+        fields.append(("labels", ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))))
+    fields.append(("payload", _show_value(job.payload, job.payload_content_type)))
+    if job.state is JobState.SUCCEEDED:
+        fields.append(("result", _show_value(job.result, job.result_content_type)))
+    if job.error is not None:
+        fields.append(("error", str(job.error)))
+    width = max(len(name) for name, _ in fields)
+    lines = [f"{name.ljust(width)}  {value}" for name, value in fields]
+    if job.attempts:
+        lines.append("")
+        rows = [
+            [
+                str(a.number),
+                a.outcome.value,
+                a.worker_id or "-",
+                format_time(a.started_at),
+                humanize(a.duration) if a.duration is not None else "-",
+                str(a.error) if a.error else "",
+            ]
+            for a in job.attempts
+        ]
+        lines.append(
+            format_table(["#", "OUTCOME", "WORKER", "STARTED", "TOOK", "ERROR"], rows, right=[0, 4])
+        )
+    if job.error is not None and job.error.details:
+        lines += ["", "error details:", job.error.details.rstrip()]
+    return "\n".join(lines)
+
+
+def _format_jobs(jobs: Sequence[Job], now: datetime) -> str:
+    rows = [
+        [
+            j.id,
+            j.queue,
+            j.type,
+            j.state.value,
+            f"{j.attempt}/{j.max_attempts}",
+            str(j.priority),
+            format_time(j.created_at),
+            humanize(now - j.created_at),
+        ]
+        for j in jobs
+    ]
+    headers = ["ID", "QUEUE", "TYPE", "STATE", "ATTEMPT", "PRIORITY", "CREATED", "AGE"]
+    return format_table(headers, rows, right=[4, 5, 7])
+
+
+def format_stats(queues: Sequence[QueueStats]) -> str:
+    """One row per queue: counts by state, oldest ready age, connected workers."""
+    rows = [
+        [
+            q.queue,
+            str(q.ready),
+            str(q.scheduled),
+            str(q.running),
+            str(q.succeeded),
+            str(q.failed),
+            str(q.cancelled),
+            humanize(q.oldest_ready_age) if q.ready else "-",
+            str(q.connected_workers),
+        ]
+        for q in queues
+    ]
+    headers = [
+        "QUEUE",
+        "READY",
+        "SCHEDULED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "OLDEST",
+        "WORKERS",
+    ]
+    return format_table(headers, rows, right=range(1, 9))
+
+
+def _event_time(event: WatchEvent) -> datetime:
+    # The event carries the job as it is now; date the change itself from the history.
+    job = event.job
+    attempt = next((a for a in job.attempts if a.number == event.attempt), None)
+    if event.state.terminal and job.finished_at is not None:
+        return job.finished_at
+    if event.state is JobState.RUNNING and attempt and attempt.started_at:
+        return attempt.started_at
+    if event.state is JobState.PENDING:
+        if event.attempt == 0:
+            return job.created_at
+        if attempt and attempt.finished_at:
+            return attempt.finished_at
+    return job.updated_at
+
+
+def _format_event(event: WatchEvent) -> str:
+    line = f"{format_time(_event_time(event))}  {event.state.value:<9}  attempt {event.attempt}"
+    job = event.job
+    if event.state is JobState.PENDING and event.attempt:
+        failed = next((a for a in job.attempts if a.number == event.attempt), None)
+        if failed is not None and failed.error is not None:
+            line += f"  (attempt failed: {failed.error})"
+    if event.state.terminal and job.error is not None and event.state is not JobState.SUCCEEDED:
+        line += f"  {job.error}"
+    return line
+
+
+# -- output helpers ---------------------------------------------------------------------
+
+
+def _out(text: str = "") -> None:
+    print(text, file=sys.stdout, flush=True)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _dump(document: Any, *, compact: bool = False) -> None:
+    if compact:
+        _out(json.dumps(document, ensure_ascii=False, separators=(",", ":")))
+    else:
+        _out(json.dumps(document, ensure_ascii=False, indent=2))
+
+
+def _print_result(job: Job) -> None:
+    """The result alone, as a script wants it: a JSON string bare, other JSON as JSON,
+    text as text, bytes as they are."""
+    value = job.result
+    if isinstance(value, bytes):
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is not None:
+            sys.stdout.flush()
+            buffer.write(value)
+            buffer.flush()
+        else:
+            _out(value.decode("utf-8", "replace"))
+        return
+    if isinstance(value, str):
+        _out(value)
+    elif isinstance(value, dict | list):
+        _dump(value)
+    else:
+        _out(json.dumps(value, ensure_ascii=False))
+
+
+def exit_code_for(error: ClientError) -> int:
+    """The process exit code for a failed call."""
+    if error.code in _REFUSED:
+        return EXIT_REFUSED
+    if error.code in _TRANSIENT:
+        return EXIT_UNAVAILABLE
+    return EXIT_FAILED
+
+
+def _report(error: ClientError, target: str) -> int:
+    status = error.status or "ERROR"
+    if error.code is grpc.StatusCode.UNAVAILABLE:
+        _err(
+            f"error: {status}: cannot reach the scheduler at {target} "
+            f"(is it running? set --target or JOBWIRE_TARGET): {error.message}"
+        )
+    elif error.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        _err(f"error: {status}: the scheduler at {target} did not answer in time")
+    else:
+        _err(f"error: {status}: {error.message}")
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after:
+            _err(f"retry after {retry_after:g} s")
+    return exit_code_for(error)
+
+
+def _run(body: Callable[[argparse.Namespace, Client], int]) -> Command:
+    """Wraps a command: opens the client, turns errors into messages and exit codes."""
+
+    def command(args: argparse.Namespace) -> int:
+        try:
+            with Client(args.target, token=args.token or None) as client:
+                return body(args, client)
+        except WaitTimeoutError as error:
+            _err(f"error: {error.message}")
+            return EXIT_TIMEOUT
+        except ClientError as error:
+            return _report(error, args.target)
+        except ValueError as error:
+            # Checks the client makes before sending, such as a negative duration.
+            _err(f"error: {error}")
+            return EXIT_REFUSED
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:
+            # The reader (head, less) went away: stop quietly, and keep Python from
+            # complaining again when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_FAILED
+
+    command.__name__ = body.__name__
+    command.__doc__ = body.__doc__
+    return command
+
+
+# -- argument types ---------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_run_at(text: str) -> datetime | timedelta:
+    """`+SECONDS` (or +5m, +2h, +1d) as a delay from now, or an ISO 8601 time; a time
+    without an offset is local time."""
+    text = text.strip()
+    if text.startswith("+"):
+        number, unit = text[1:], "s"
+        if number and number[-1].lower() in _UNITS:
+            number, unit = number[:-1], number[-1].lower()
+        try:
+            amount = float(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a delay: {text!r}") from None
+        if amount < 0:
+            raise argparse.ArgumentTypeError(f"delay must not be negative: {text!r}")
+        return timedelta(seconds=amount * _UNITS[unit])
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time or +SECONDS delay: {text!r}"
+        ) from None
+    return value if value.tzinfo is not None else value.astimezone()
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"label must be KEY=VALUE: {text!r}")
+    return key, value
+
+
+def _parse_state(text: str) -> JobState:
+    try:
+        return JobState.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _read_payload(args: argparse.Namespace) -> Any:
+    raw: str | None = args.payload
+    if raw == "-":
+        raw = sys.stdin.read()
+    content_type: str | None = args.content_type
+    if raw is None:
+        return None
+    if content_type and not is_json_type(content_type):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise ValueError(
+            f"payload is not valid JSON ({error}); quote it for the shell, "
+            'e.g. \'{"text": "hi"}\', or pass --content-type text/plain'
+        ) from None
+
+
+def _submit(args: argparse.Namespace, client: Client) -> int:
+    """Submit a job and print its id; with --wait, print its result."""
+    submitted = client.submit(
+        args.type,
+        _read_payload(args),
+        queue=args.queue,
+        priority=args.priority,
+        run_at=args.run_at,
+        max_attempts=args.max_attempts,
+        lease_timeout=args.lease_timeout,
+        execution_timeout=args.execution_timeout,
+        idempotency_key=args.idempotency_key,
+        labels=dict(args.label or ()),
+        content_type=args.content_type,
+    )
+    job = submitted.job
+    if not args.wait:
+        if args.json:
+            _dump({"created": submitted.created, "job": job.to_dict()})
+            return EXIT_OK
+        # The id alone on stdout, so that ID=$(jobwire submit ...) works; the note for
+        # people goes to stderr.
+        _out(job.id)
+        _err(_submit_note(submitted.created, job))
+        return EXIT_OK
+    if not args.json:
+        _err(f"{job.id} {_submit_note(submitted.created, job)}, waiting...")
+    job = client.wait(job.id, timeout=args.timeout)
+    if args.json:
+        _dump({"created": submitted.created, "job": job.to_dict()})
+    elif job.state is JobState.SUCCEEDED:
+        _print_result(job)
+    return _finish(job)
+
+
+def _submit_note(created: bool, job: Job) -> str:
+    if created:
+        return f"created in queue {job.queue}"
+    return f"already existed with this idempotency key ({job.state.value})"
+
+
+def _finish(job: Job) -> int:
+    if job.state is JobState.SUCCEEDED:
+        return EXIT_OK
+    reason = f": {job.error}" if job.error else ""
+    _err(f"error: job {job.id} {job.state.value}{reason}")
+    return EXIT_FAILED
+
+
+def _get(args: argparse.Namespace, client: Client) -> int:
+    """Show one job with its attempt history."""
+    job = client.get(args.id)
+    if args.json:
+        _dump(job.to_dict())
+    else:
+        _out(format_job(job))
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace, client: Client) -> int:
+    """List jobs newest first."""
+    jobs: list[Job] = []
+    token: str | None = args.page_token
+    while len(jobs) < args.limit:
+        # Pages sized to what is still wanted, so the token left over resumes exactly
+        # where this listing stops.
+        size = min(args.limit - len(jobs), 500)
+        page = client.list(
+            queue=args.queue,
+            type=args.type,
+            states=args.state,
+            tenant=args.tenant,
+            page_size=size,
+            page_token=token,
+        )
+        jobs.extend(page.jobs)
+        token = page.next_page_token
+        if not token or not page.jobs:
+            break
+    if args.json:
+        _dump({"jobs": [j.to_dict() for j in jobs], "next_page_token": token})
+        return EXIT_OK
+    if not jobs:
+        _out("no jobs")
+    else:
+        _out(_format_jobs(jobs, datetime.now(UTC)))
+    if token:
+        _out(f"more: --page-token {token}")
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace, client: Client) -> int:
+    """Print each state change of a job until it finishes."""
+    last: WatchEvent | None = None
+    for event in client.watch(args.id, timeout=args.timeout):
+        last = event
+        if args.json:
+            _dump(event.to_dict(), compact=True)
+        else:
+            _out(_format_event(event))
+    if last is None:
+        return EXIT_OK
+    if not args.json and last.state is JobState.SUCCEEDED:
+        _out(f"result: {_show_value(last.job.result, last.job.result_content_type)}")
+    return EXIT_OK if last.state is JobState.SUCCEEDED else EXIT_FAILED
+
+
+def _cancel(args: argparse.Namespace, client: Client) -> int:
+    """Cancel a job."""
+    job = client.cancel(args.id, args.reason)
+    if args.json:
+        _dump(job.to_dict())
+    elif job.state is JobState.CANCELLED:
+        _out(f"{job.id}  CANCELLED")
+    else:
+        _out(f"{job.id}  {job.state.value}, cancel requested: it stops when its worker does")
+    return EXIT_OK
+
+
+def _retry(args: argparse.Namespace, client: Client) -> int:
+    """Run a FAILED or CANCELLED job again as a new job."""
+    job = client.retry(args.id)
+    if args.json:
+        _dump(job.to_dict())
+    else:
+        _out(job.id)
+        _err(f"retry of {args.id} created in queue {job.queue}")
+    return EXIT_OK
+
+
+def _stats(args: argparse.Namespace, client: Client) -> int:
+    """Show job counts per queue."""
+    queues = client.stats(args.queue)
+    if args.json:
+        _dump({"queues": [q.to_dict() for q in queues]})
+    elif not queues:
+        _out("no queues")
+    else:
+        _out(format_stats(queues))
+    return EXIT_OK
+
+
+# -- registration -----------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    add_target(parser)
+    env_flag(parser, "--token", env="JOBWIRE_TOKEN", default=None, help="bearer token")
+    parser.add_argument(
+        "--json", action="store_true", help="print machine-readable JSON instead of text"
+    )
+
+
+def _add(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    body: Callable[[argparse.Namespace, Client], int],
+    description: str,
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help=(body.__doc__ or "").strip().splitlines()[0],
+        description=description,
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(parser)
+    parser.set_defaults(func=_run(body))
+    return parser
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds the job commands to a `jobwire` subcommand parser."""
+    p = _add(
+        subparsers,
+        "submit",
+        _submit,
+        "Submit a job. Prints its id (the note on stderr says whether it was created or\n"
+        "matched an earlier job by idempotency key). With --wait, prints the result instead:\n"
+        "a JSON string bare, other JSON as JSON, text as text.",
+    )
+    p.add_argument("type", help="job type: the handler a worker runs it with")
+    p.add_argument(
+        "payload", nargs="?", help="payload as JSON (default null); '-' reads it from stdin"
+    )
+    p.add_argument("--queue", default="default", help="queue (default: %(default)s)")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument(
+        "--run-at",
+        type=parse_run_at,
+        metavar="ISO|+SECONDS",
+        help="not before this time, or this long from now (+30, +5m, +2h)",
+    )
+    p.add_argument("--max-attempts", type=_positive_int, metavar="N")
+    p.add_argument("--lease-timeout", type=_seconds, metavar="SECONDS")
+    p.add_argument("--execution-timeout", type=_seconds, metavar="SECONDS")
+    p.add_argument("--idempotency-key", metavar="KEY")
+    p.add_argument(
+        "--label",
+        type=parse_label,
+        action="append",
+        metavar="KEY=VALUE",
+        help="tag the job; repeat for more",
+    )
+    p.add_argument(
+        "--content-type",
+        metavar="TYPE",
+        help="send the payload as this media type instead of JSON, e.g. text/plain",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    p.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help="with --wait: give up after this"
+    )
+
+    p = _add(subparsers, "get", _get, "Show a job, its payload, result or error, and attempts.")
+    p.add_argument("id", help="job id")
+
+    p = _add(subparsers, "list", _list, "List jobs, newest first.")
+    p.add_argument("--queue", help="only this queue")
+    p.add_argument("--type", help="only this job type")
+    p.add_argument(
+        "--state",
+        type=_parse_state,
+        nargs="+",
+        action="extend",
+        metavar="STATE",
+        help="only these states: pending running succeeded failed cancelled",
+    )
+    p.add_argument("--tenant", help="only this tenant")
+    p.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N jobs (50)"
+    )
+    p.add_argument("--page-token", metavar="TOKEN", help="continue a previous listing")
+
+    p = _add(
+        subparsers,
+        "watch",
+        _watch,
+        "Print each state change of a job as it happens, until it finishes.\n"
+        "With --json, one JSON object per line.",
+    )
+    p.add_argument("id", help="job id")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="give up after this")
+
+    p = _add(
+        subparsers,
+        "cancel",
+        _cancel,
+        "Cancel a job: a pending one at once, a running one when its worker stops it.",
+    )
+    p.add_argument("id", help="job id")
+    p.add_argument("--reason", default="", help="recorded in the job's error")
+
+    p = _add(subparsers, "retry", _retry, "Run a FAILED or CANCELLED job again as a new job.")
+    p.add_argument("id", help="id of the failed or cancelled job")
+
+    p = _add(subparsers, "stats", _stats, "Show job counts per queue and state.")
+    p.add_argument("--queue", help="only this queue")

@@ -1,0 +1,43 @@
+"""Prometheus metrics of a worker process.
+
+Defined once per process in the default registry: several Worker objects in one
+process add to the same series, which is what a scrape of that process should see.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CONNECTED",
+    "HANDLER_SECONDS",
+    "IN_FLIGHT",
+    "JOBS",
+    "RECONNECTS",
+    "SETTLE_REFUSED",
+]
+
+JOBS = Counter(
+    "jobwire_worker_jobs",
+    "Attempts finished by this worker, by job type and outcome "
+    "(succeeded, failed, timeout, cancelled, released, lost).",
+    ["type", "outcome"],
+)
+HANDLER_SECONDS = Histogram(
+    "jobwire_worker_handler_seconds",
+    "Time from the start of a handler to its attempt's outcome, by job type.",
+    ["type"],
+    buckets=(0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 60, 300, 900, 3600),
+)
+IN_FLIGHT = Gauge("jobwire_worker_jobs_in_flight", "Handlers running now.")
+CONNECTED = Gauge(
+    "jobwire_worker_connected", "1 while a Lease stream to the scheduler is open, else 0."
+)
+RECONNECTS = Counter(
+    "jobwire_worker_reconnects", "Lease streams that ended and were opened again."
+)
+SETTLE_REFUSED = Counter(
+    "jobwire_worker_settle_refused",
+    "Outcomes the scheduler refused (lease lost, unknown job, invalid item), by kind.",
+    ["kind"],
+)

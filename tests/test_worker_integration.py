@@ -1,0 +1,572 @@
+"""The worker SDK against a real scheduler: jobs submitted through the generated stubs,
+run by a Worker in a thread of this process or by `jobwire worker` in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc
+from jobwire.worker import JobContext, Worker, register_builtins
+
+T = TypeVar("T")
+
+PENDING = job_pb2.JOB_STATE_PENDING
+RUNNING = job_pb2.JOB_STATE_RUNNING
+SUCCEEDED = job_pb2.JOB_STATE_SUCCEEDED
+FAILED = job_pb2.JOB_STATE_FAILED
+CANCELLED = job_pb2.JOB_STATE_CANCELLED
+TERMINAL = {SUCCEEDED, FAILED, CANCELLED}
+
+
+def eventually(
+    condition: Callable[[], T | None], *, timeout: float = 15.0, what: str = "condition"
+) -> T:
+    """Polls `condition` until it returns something truthy, failing after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Producer:
+    """Submits and follows jobs through the generated Jobs stub."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = jobs_pb2_grpc.JobsStub(self.channel)
+
+    def submit(self, job_type: str, payload: Any = None, **spec: Any) -> str:
+        job_spec = job_pb2.JobSpec(
+            type=job_type,
+            payload=job_pb2.Payload(
+                data=json.dumps(payload).encode(), content_type="application/json"
+            ),
+            **spec,
+        )
+        response = self.stub.Submit(jobs_pb2.SubmitRequest(jobs=[job_spec]), timeout=10)
+        return str(response.results[0].job.id)
+
+    def get(self, job_id: str) -> job_pb2.Job:
+        return self.stub.Get(jobs_pb2.GetRequest(id=job_id), timeout=10).job
+
+    def cancel(self, job_id: str) -> job_pb2.Job:
+        return self.stub.Cancel(jobs_pb2.CancelRequest(id=job_id, reason="test"), timeout=10).job
+
+    def wait_state(
+        self, job_id: str, *states: job_pb2.JobState.ValueType, timeout: float = 15.0
+    ) -> job_pb2.Job:
+        names = "/".join(job_pb2.JobState.Name(s) for s in states)
+
+        def reached() -> job_pb2.Job | None:
+            try:
+                job = self.get(job_id)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:  # scheduler restarting
+                    return None
+                raise
+            if job.state in states:
+                return job
+            if job.state in TERMINAL:
+                raise AssertionError(
+                    f"job {job_id} ended {job_pb2.JobState.Name(job.state)}, expected {names}: "
+                    f"{job.error}"
+                )
+            return None
+
+        return eventually(reached, timeout=timeout, what=f"job {job_id} to be {names}")
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class WorkerThread:
+    """A Worker running on its own event loop in a thread of the test process."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="test-worker", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.worker.run())
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> WorkerThread:
+        self._thread.start()
+        eventually(lambda: self.worker.connected, what="the worker to connect")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.worker.shutdown()
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "worker did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def producer(scheduler: Any) -> Iterator[Producer]:
+    client = Producer(scheduler.target)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def start_worker(scheduler: Any) -> Iterator[Callable[..., WorkerThread]]:
+    started: list[WorkerThread] = []
+
+    def start(
+        setup: Callable[[Worker], None] | None = None, **kwargs: Any
+    ) -> WorkerThread:
+        kwargs.setdefault("concurrency", 4)
+        worker = Worker(scheduler.target, **kwargs)
+        register_builtins(worker)
+        if setup is not None:
+            setup(worker)
+        running = WorkerThread(worker).start()
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.stop()
+
+
+# -- in-process worker ---------------------------------------------------------------------
+
+
+def test_uppercase_end_to_end(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    running = start_worker()
+    job_id = producer.submit("uppercase", {"text": "hi"})
+    job = producer.wait_state(job_id, SUCCEEDED)
+    assert job.result.content_type == "application/json"
+    assert json.loads(job.result.data) == "HI"
+    assert job.attempt == 1
+    assert [a.worker_id for a in job.attempts] == [running.worker.worker_id]
+    assert job.attempts[0].outcome == job_pb2.ATTEMPT_OUTCOME_SUCCEEDED
+    eventually(lambda: running.worker.unsettled_outcomes == 0, what="the ack to be confirmed")
+
+
+def test_many_jobs_within_the_concurrency(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    peak = 0
+    active = 0
+    lock = threading.Lock()
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("count")
+        def count(payload: Any) -> int:
+            nonlocal peak, active
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            time.sleep(0.05)
+            with lock:
+                active -= 1
+            return int(payload["n"]) * 2
+
+    start_worker(setup, concurrency=3)
+    ids = [producer.submit("count", {"n": n}) for n in range(20)]
+    for n, job_id in enumerate(ids):
+        assert json.loads(producer.wait_state(job_id, SUCCEEDED).result.data) == n * 2
+    assert 1 <= peak <= 3
+
+
+def test_csv_result_keeps_its_content_type(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    start_worker()
+    job_id = producer.submit("csv", {"rows": [{"a": 1}, {"b": "x"}]})
+    job = producer.wait_state(job_id, SUCCEEDED)
+    assert job.result.content_type == "text/csv"
+    assert job.result.data.decode().splitlines() == ["a,b", "1,", ",x"]
+
+
+def test_non_retryable_fail_ends_failed_after_one_attempt(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    start_worker()
+    job_id = producer.submit("fail", {"message": "boom", "retryable": False}, max_attempts=3)
+    job = producer.wait_state(job_id, FAILED)
+    assert job.attempt == 1
+    assert (job.error.message, job.error.kind) == ("boom", "simulated")
+    assert job.attempts[0].outcome == job_pb2.ATTEMPT_OUTCOME_FAILED
+
+
+def test_retryable_failure_uses_every_attempt(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    start_worker()
+    job_id = producer.submit(
+        "fail",
+        {"message": "again"},
+        max_attempts=2,
+        backoff=job_pb2.BackoffPolicy(initial=Duration(nanos=100_000_000)),
+    )
+    job = producer.wait_state(job_id, FAILED)
+    assert job.attempt == 2
+    assert [a.outcome for a in job.attempts] == [job_pb2.ATTEMPT_OUTCOME_FAILED] * 2
+
+
+def test_bad_payload_is_not_retried(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    start_worker()
+    job_id = producer.submit("uppercase", {"txt": "hi"}, max_attempts=3)
+    job = producer.wait_state(job_id, FAILED)
+    assert job.attempt == 1
+    assert job.error.kind == "invalid_payload"
+    assert '"text"' in job.error.message
+
+
+def test_cancelling_a_running_text_job_stops_it(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    running = start_worker()
+    job_id = producer.submit("text", {"text": "a long line of text"})
+    producer.wait_state(job_id, RUNNING)
+    eventually(lambda: running.worker.active_jobs == 1, what="the handler to start")
+    started = time.monotonic()
+    producer.cancel(job_id)
+    job = producer.wait_state(job_id, CANCELLED, timeout=10)
+    assert time.monotonic() - started < 8  # far sooner than the 19 s the text takes
+    assert job.attempts[-1].outcome == job_pb2.ATTEMPT_OUTCOME_CANCELLED
+    eventually(lambda: running.worker.active_jobs == 0, what="the handler to stop")
+
+
+def test_cancel_reaches_a_plain_handler_through_its_context(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    noticed = threading.Event()
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("poll")
+        def poll(payload: Any, ctx: JobContext) -> str:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if ctx.cancelled.wait(0.05):
+                    noticed.set()
+                    return "stopped early"
+            return "ran to the end"
+
+    start_worker(setup)
+    job_id = producer.submit("poll", {})
+    producer.wait_state(job_id, RUNNING)
+    producer.cancel(job_id)
+    job = producer.wait_state(job_id, CANCELLED)
+    assert noticed.wait(5)
+    assert not job.HasField("result") or not job.result.data
+
+
+def test_execution_timeout_is_reported_as_timeout(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    cancelled = threading.Event()
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("slow")
+        async def slow(payload: Any) -> None:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    start_worker(setup)
+    job_id = producer.submit("slow", {}, max_attempts=1, execution_timeout=Duration(seconds=1))
+    job = producer.wait_state(job_id, FAILED)
+    assert job.error.kind == "timeout"
+    assert job.attempts[0].error.kind == "timeout"
+    assert cancelled.wait(5)
+
+
+def test_leases_are_extended_while_a_handler_runs(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    def setup(worker: Worker) -> None:
+        @worker.handler("sleepy")
+        async def sleepy(payload: Any) -> str:
+            await asyncio.sleep(3.5)
+            return "awake"
+
+    start_worker(setup)
+    # Without extensions the 1 s lease would expire (and be reaped) three times over.
+    job_id = producer.submit("sleepy", {}, max_attempts=1, lease_timeout=Duration(seconds=1))
+    job = producer.wait_state(job_id, SUCCEEDED)
+    assert job.attempt == 1
+    assert json.loads(job.result.data) == "awake"
+
+
+def test_shutdown_hands_back_jobs_beyond_the_grace(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    running = start_worker(drain_grace=0.5)
+    job_id = producer.submit("text", {"text": "abcdefghij"})
+    producer.wait_state(job_id, RUNNING)
+    eventually(lambda: running.worker.active_jobs == 1, what="the handler to start")
+    running.stop()
+    assert running.worker.unsettled_outcomes == 0
+    job = producer.get(job_id)
+    assert job.state == PENDING
+    assert job.attempts[-1].outcome == job_pb2.ATTEMPT_OUTCOME_RELEASED
+
+
+def test_job_caught_between_lease_and_shutdown_is_handed_back(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    # Stopping as soon as the job is RUNNING in the database: it may reach the worker
+    # before the drain (then it is stopped at once, the grace being zero), or after
+    # (then it is handed back on arrival). Either way it is released, not lost.
+    running = start_worker(drain_grace=0)
+    job_id = producer.submit("text", {"text": "abc"})
+    producer.wait_state(job_id, RUNNING)
+    running.stop()
+    assert running.worker.unsettled_outcomes == 0
+    job = producer.wait_state(job_id, PENDING)
+    assert job.attempts[-1].outcome == job_pb2.ATTEMPT_OUTCOME_RELEASED
+
+
+def test_hand_back_now_skips_the_grace(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    running = start_worker(drain_grace=60)
+    job_id = producer.submit("text", {"text": "abcdefghij"})
+    producer.wait_state(job_id, RUNNING)
+    eventually(lambda: running.worker.active_jobs == 1, what="the handler to start")
+    started = time.monotonic()
+    running.worker.hand_back_now()
+    running.stop()
+    assert time.monotonic() - started < 10
+    job = producer.get(job_id)
+    assert job.state == PENDING
+    assert job.attempts[-1].outcome == job_pb2.ATTEMPT_OUTCOME_RELEASED
+
+
+def test_a_lost_lease_stops_the_handler_without_reporting(
+    producer: Producer,
+    start_worker: Callable[..., WorkerThread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobwire.worker import engine
+
+    # Extending far too late lets the 1 s lease expire: the reaper fails the job
+    # (one attempt allowed), and the next extension is refused as lost.
+    monkeypatch.setattr(engine.Engine, "_extend_interval", lambda self, execution: 2.5)
+    cancelled = threading.Event()
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("stuck")
+        async def stuck(payload: Any) -> None:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    running = start_worker(setup)
+    job_id = producer.submit("stuck", {}, max_attempts=1, lease_timeout=Duration(seconds=1))
+    job = producer.wait_state(job_id, FAILED)
+    assert job.error.kind == "lease_expired"
+    assert cancelled.wait(10)
+    eventually(lambda: running.worker.active_jobs == 0, what="the attempt to be dropped")
+    assert running.worker.unsettled_outcomes == 0
+    assert producer.get(job_id).attempts[0].outcome == job_pb2.ATTEMPT_OUTCOME_LEASE_EXPIRED
+
+
+def test_async_with_runs_and_drains(scheduler: Any, producer: Producer) -> None:
+    worker = Worker(scheduler.target, concurrency=2)
+    register_builtins(worker)
+
+    async def main() -> job_pb2.Job:
+        async with worker:
+            job_id = await asyncio.to_thread(producer.submit, "reverse", {"text": "abc"})
+            return await asyncio.to_thread(producer.wait_state, job_id, SUCCEEDED)
+
+    job = asyncio.run(main())
+    assert json.loads(job.result.data) == "cba"
+    assert not worker.connected
+
+
+def test_outcome_reached_while_the_scheduler_is_down_is_sent_after_it_returns(
+    scheduler: Any, producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    proceed = threading.Event()
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("gate")
+        def gate(payload: Any) -> str:
+            assert proceed.wait(60)
+            return "through"
+
+    running = start_worker(setup)
+    job_id = producer.submit("gate", {}, lease_timeout=Duration(seconds=30))
+    producer.wait_state(job_id, RUNNING)
+    eventually(lambda: running.worker.active_jobs == 1, what="the handler to start")
+
+    scheduler.stop()
+    eventually(lambda: not running.worker.connected, what="the worker to notice")
+    proceed.set()
+    eventually(lambda: running.worker.active_jobs == 0, what="the handler to finish")
+    assert running.worker.unsettled_outcomes == 1
+    scheduler.start()
+
+    eventually(lambda: running.worker.connected, what="the worker to reconnect")
+    job = producer.wait_state(job_id, SUCCEEDED)
+    assert job.attempt == 1  # the lease was kept across the outage
+    assert json.loads(job.result.data) == "through"
+    eventually(lambda: running.worker.unsettled_outcomes == 0, what="the ack to be confirmed")
+
+
+def test_running_job_survives_a_scheduler_restart(
+    scheduler: Any, producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    def setup(worker: Worker) -> None:
+        @worker.handler("nap")
+        async def nap(payload: Any) -> str:
+            await asyncio.sleep(3)
+            return "rested"
+
+    running = start_worker(setup)
+    job_id = producer.submit("nap", {}, lease_timeout=Duration(seconds=5))
+    producer.wait_state(job_id, RUNNING)
+    scheduler.restart()
+    job = producer.wait_state(job_id, SUCCEEDED, timeout=20)
+    assert job.attempt == 1
+    assert running.worker.connected
+
+
+# -- `jobwire worker` in a subprocess ---------------------------------------------------------
+
+
+class WorkerProcess:
+    def __init__(self, target: str, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jobwire.cli.main", "worker", "--target", target, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_connected(self) -> None:
+        eventually(lambda: "connected to" in self.log(), what="the worker process to connect")
+
+    def wait_started(self, job_id: str) -> None:
+        # RUNNING in the database precedes the job's arrival at the worker.
+        eventually(
+            lambda: f"{job_id} attempt 1] started" in self.log(),
+            what=f"the worker to start job {job_id}",
+        )
+
+    def terminate_and_wait(self, timeout: float = 30.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker did not exit after SIGTERM:\n{self.log()}") from None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def worker_process(scheduler: Any, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        process = WorkerProcess(scheduler.target, tmp_path / f"worker-{len(started)}.log", *args)
+        started.append(process)
+        process.wait_connected()
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.close()
+
+
+@pytest.mark.slow
+def test_sigterm_lets_a_short_job_finish_and_exits_zero(
+    producer: Producer, worker_process: Callable[..., WorkerProcess]
+) -> None:
+    worker = worker_process("--drain-grace", "30")
+    job_id = producer.submit("text", {"text": "ab"})
+    worker.wait_started(job_id)
+    code = worker.terminate_and_wait()
+    assert code == 0, worker.log()
+    job = producer.get(job_id)
+    assert job.state == SUCCEEDED, worker.log()
+    assert json.loads(job.result.data) == "ab"
+
+
+@pytest.mark.slow
+def test_sigterm_hands_back_a_job_beyond_the_drain_grace(
+    producer: Producer, worker_process: Callable[..., WorkerProcess]
+) -> None:
+    worker = worker_process("--drain-grace", "1")
+    job_id = producer.submit("text", {"text": "abcdefghijklmnop"})
+    worker.wait_started(job_id)
+    started = time.monotonic()
+    code = worker.terminate_and_wait()
+    assert code == 0, worker.log()
+    assert time.monotonic() - started < 10  # not the 16 s the text would take
+    job = producer.get(job_id)
+    assert job.state == PENDING, worker.log()
+    assert job.attempts[-1].outcome == job_pb2.ATTEMPT_OUTCOME_RELEASED
+
+
+def test_worker_command_runs_handlers_from_an_imported_module(
+    producer: Producer,
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = tmp_path / "shout_handlers.py"
+    module.write_text(
+        "from jobwire.worker import handler\n"
+        "\n"
+        "@handler('shout')\n"
+        "async def shout(payload, ctx):\n"
+        "    return payload['text'].upper() + '!'\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    worker = worker_process("--import", "shout_handlers", "--no-builtins")
+    job_id = producer.submit("shout", {"text": "hey"})
+    job = producer.wait_state(job_id, SUCCEEDED)
+    assert json.loads(job.result.data) == "HEY!"
+    assert worker.terminate_and_wait() == 0
