@@ -12,10 +12,9 @@ from typing import Any
 import grpc
 from jobwire.v1 import leases_pb2, leases_pb2_grpc
 
-from . import convert, validation
+from . import convert, model, validation
 from .dispatch import Dispatcher, JobChanges, Session
 from .errors import InvalidArgument, SchedulerError
-from . import model
 from .model import Extension
 from .status import code_of, unary
 from .store import Store
