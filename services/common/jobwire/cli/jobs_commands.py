@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-from jobwire.cli.options import add_target, env_flag
+from jobwire.cli.options import add_target, env_flag, positive_int, seconds
 from jobwire.client import (
     Client,
     ClientError,
@@ -93,18 +93,18 @@ def format_time(value: datetime | None) -> str:
 
 def humanize(age: timedelta | float) -> str:
     """A short duration for people: "3.2s", "42s", "5m", "1h30m", "2d4h"."""
-    seconds = age.total_seconds() if isinstance(age, timedelta) else float(age)
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{int(seconds)}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m"
-    if seconds < 86400:
-        hours, minutes = divmod(int(seconds // 60), 60)
+    total = age.total_seconds() if isinstance(age, timedelta) else float(age)
+    total = max(0.0, total)
+    if total < 10:
+        return f"{total:.1f}s"
+    if total < 60:
+        return f"{int(total)}s"
+    if total < 3600:
+        return f"{int(total // 60)}m"
+    if total < 86400:
+        hours, minutes = divmod(int(total // 60), 60)
         return f"{hours}h{minutes}m" if minutes else f"{hours}h"
-    days, hours = divmod(int(seconds // 3600), 24)
+    days, hours = divmod(int(total // 3600), 24)
     return f"{days}d{hours}h" if hours else f"{days}d"
 
 
@@ -422,26 +422,6 @@ def _parse_state(text: str) -> JobState:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
 # -- commands ---------------------------------------------------------------------------
 
 
@@ -656,9 +636,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="ISO|+SECONDS",
         help="not before this time, or this long from now (+30, +5m, +2h)",
     )
-    p.add_argument("--max-attempts", type=_positive_int, metavar="N")
-    p.add_argument("--lease-timeout", type=_seconds, metavar="SECONDS")
-    p.add_argument("--execution-timeout", type=_seconds, metavar="SECONDS")
+    p.add_argument("--max-attempts", type=positive_int, metavar="N")
+    p.add_argument("--lease-timeout", type=seconds, metavar="SECONDS")
+    p.add_argument("--execution-timeout", type=seconds, metavar="SECONDS")
     p.add_argument("--idempotency-key", metavar="KEY")
     p.add_argument(
         "--label",
@@ -674,7 +654,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--wait", action="store_true", help="wait for the job to finish")
     p.add_argument(
-        "--timeout", type=_seconds, metavar="SECONDS", help="with --wait: give up after this"
+        "--timeout", type=seconds, metavar="SECONDS", help="with --wait: give up after this"
     )
 
     p = _add(subparsers, "get", _get, "Show a job, its payload, result or error, and attempts.")
@@ -693,7 +673,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument(
-        "--limit", type=_positive_int, default=50, metavar="N", help="at most N jobs (50)"
+        "--limit", type=positive_int, default=50, metavar="N", help="at most N jobs (50)"
     )
     p.add_argument("--page-token", metavar="TOKEN", help="continue a previous listing")
 
@@ -705,7 +685,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "With --json, one JSON object per line.",
     )
     p.add_argument("id", help="job id")
-    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="give up after this")
+    p.add_argument("--timeout", type=seconds, metavar="SECONDS", help="give up after this")
 
     p = _add(
         subparsers,

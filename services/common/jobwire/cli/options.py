@@ -9,6 +9,28 @@ from typing import Any
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
+def positive_int(raw: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def seconds(raw: str) -> float:
+    """argparse type: a duration in seconds, zero or more."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {raw!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be zero or more seconds, not {raw}")
+    return value
+
+
 def env_flag(
     parser: argparse.ArgumentParser | Any,
     flag: str,

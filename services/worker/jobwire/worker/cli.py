@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobwire.cli.options import add_target, env_flag
+from jobwire.cli.options import add_target, env_flag, positive_int, seconds
 
 from .builtins import register_builtins
 from .errors import HandlerDefinitionError, WorkerError
@@ -26,26 +26,6 @@ log = logging.getLogger("jobwire.worker")
 def _names(raw: str) -> list[str]:
     """Comma-separated names, as accepted by --queue, --import and their variables."""
     return [name.strip() for name in raw.split(",") if name.strip()]
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {raw!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more seconds, not {raw}")
-    return value
 
 
 def _port(raw: str) -> int:
@@ -105,7 +85,7 @@ def register(subparsers: Any) -> None:
         "--concurrency",
         env="JOBWIRE_CONCURRENCY",
         default=8,
-        type=_positive_int,
+        type=positive_int,
         help="jobs run at once (default: 8)",
     )
     env_flag(
@@ -132,7 +112,7 @@ def register(subparsers: Any) -> None:
         "--drain-grace",
         env="JOBWIRE_DRAIN_GRACE",
         default=30.0,
-        type=_seconds,
+        type=seconds,
         metavar="SECONDS",
         help="on shutdown, how long running jobs may take before they are handed back",
     )
