@@ -20,6 +20,25 @@ def positive_int(raw: str) -> int:
     return value
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(raw: str) -> float:
+    """argparse type: seconds, or a number with a unit s, m, h or d ("90", "15m", "7d")."""
+    text = str(raw).strip().lower()
+    factor = _UNITS.get(text[-1:])
+    number = text[:-1] if factor is not None else text
+    try:
+        value = float(number) * (factor or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {raw!r} (use seconds or 30s, 15m, 12h, 7d)"
+        ) from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {raw!r}")
+    return value
+
+
 def seconds(raw: str) -> float:
     """argparse type: a duration in seconds, zero or more."""
     try:

@@ -44,6 +44,10 @@ class Settings:
     poll_interval: float = 1.0
     watch_poll_interval: float = 1.0
     health_interval: float = 2.0
+    # Finished jobs are deleted this long after they finished, a batch at a time.
+    retention: timedelta = timedelta(days=7)
+    prune_interval: float = 10.0
+    prune_batch: int = 500
     pool_min_size: int = 2
     pool_max_size: int = 10
     limits: Limits = field(default_factory=Limits)
@@ -129,6 +133,7 @@ class Scheduler:
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(self._reap(), name="reaper"),
+            asyncio.create_task(self._prune(), name="retention"),
             asyncio.create_task(self._listen(), name="listener"),
             asyncio.create_task(self._watch_health(), name="health"),
         ]
@@ -181,6 +186,27 @@ class Scheduler:
             except SchedulerError as exc:
                 log.warning("reaper paused: %s", exc)
             await asyncio.sleep(self.settings.reaper_interval)
+
+    async def _prune(self) -> None:
+        """Keeps the hot table small: small batches, so no lock or transaction lasts long."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(settings.prune_interval)
+            pruned = 0
+            try:
+                while (
+                    deleted := await self.store.prune_finished(
+                        retention=settings.retention, limit=settings.prune_batch
+                    )
+                ) > 0:
+                    pruned += deleted
+                    if deleted < settings.prune_batch:
+                        break
+                    await asyncio.sleep(0)  # let leasing and acks in between batches
+            except SchedulerError as exc:
+                log.warning("retention paused: %s", exc)
+            if pruned:
+                log.info("pruned %d finished jobs older than %s", pruned, settings.retention)
 
     async def _listen(self) -> None:
         """Hears submits and cancels made on other replicas."""

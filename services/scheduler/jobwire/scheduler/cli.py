@@ -148,6 +148,8 @@ def settings_from(args: argparse.Namespace, database_url: str) -> Any:
         reaper_interval=args.reaper_interval,
         poll_interval=args.poll_interval,
         pool_max_size=args.pool_size,
+        retention=timedelta(seconds=args.retention),
+        prune_interval=args.prune_interval,
         limits=Limits(max_payload_bytes=args.max_payload_bytes),
     )
 

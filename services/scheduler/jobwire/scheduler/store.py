@@ -6,6 +6,7 @@ a refused write the matching `SchedulerError`. Callers never see psycopg.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -81,6 +82,7 @@ class Store:
             kwargs={"autocommit": True, "row_factory": dict_row},
             name="jobwire",
         )
+        self._checking: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
@@ -96,7 +98,15 @@ class Store:
         except SchedulerError:
             raise
         except (psycopg.Error, PoolTimeout, OSError) as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                self._flush_broken()
             raise _translate(exc) from exc
+
+    def _flush_broken(self) -> None:
+        """After a lost connection (a database restart), test the idle ones in the background
+        so that the next requests get live connections instead of failing one by one."""
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.create_task(self._pool.check())
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Conn]:
@@ -366,6 +376,14 @@ class Store:
         async with self._transaction() as conn:
             rows = await self._rows(conn, "expire_leases", {"limit": limit})
         return [(r["id"], r["queue"], State(r["next_state"])) for r in rows if r["next_state"]]
+
+    async def prune_finished(self, *, retention: timedelta, limit: int) -> int:
+        """Deletes up to `limit` jobs finished longer than `retention` ago; returns how many."""
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                QUERIES["prune_finished"], {"retention": retention, "limit": limit}
+            )
+            return cur.rowcount
 
     async def pull_in_leases(
         self, *, worker_id: str, grace: timedelta, keep: Iterable[UUID] = ()

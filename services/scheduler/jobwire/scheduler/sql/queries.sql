@@ -201,3 +201,15 @@ SELECT value FROM jobwire_secrets WHERE name = 'page_token'
 
 -- name: ping
 SELECT 1
+
+-- name: prune_finished
+-- Retention: deletes a small batch of the oldest finished jobs (attempts go with them).
+-- SKIP LOCKED keeps replicas from waiting on each other; leasing never touches these rows.
+WITH doomed AS (
+    SELECT id FROM jobwire_jobs
+    WHERE finished_at < now() - %(retention)s::interval
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobwire_jobs j USING doomed WHERE j.id = doomed.id
