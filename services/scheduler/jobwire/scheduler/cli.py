@@ -13,7 +13,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from jobwire.cli.options import env_flag
+from jobwire.cli.options import duration, env_flag
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -69,6 +69,22 @@ def _scheduler_tuning(parser: argparse.ArgumentParser) -> None:
         default=1024 * 1024,
         type=int,
         help="largest payload or result accepted",
+    )
+    env_flag(
+        parser,
+        "--retention",
+        env="JOBWIRE_RETENTION",
+        default=7 * 86400.0,
+        type=duration,
+        help="how long finished jobs are kept, e.g. 7d, 12h, 900s",
+    )
+    env_flag(
+        parser,
+        "--prune-interval",
+        env="JOBWIRE_PRUNE_INTERVAL",
+        default=10.0,
+        type=duration,
+        help="time between retention sweeps",
     )
     env_flag(
         parser,
