@@ -8,9 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -154,18 +152,22 @@ class RestartablePostgres:
     """A PostgreSQL server of its own (embedded), for tests that stop and start it."""
 
     def __init__(self, data_dir: Path) -> None:
-        from jobwire.scheduler.embedded import EmbeddedPostgres
+        self.data_dir = data_dir
+        self.url = ""
+        self.start()
 
-        self._server = EmbeddedPostgres(data_dir)
-        self.url = self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
+    def _ctl(self, action: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.pgctl", action, str(self.data_dir)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
 
     def start(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.url = self._server.start()
+        self.url = self._ctl("start").splitlines()[-1]
+
+    def stop(self) -> None:
+        self._ctl("stop")
 
 
-__all__ = ["Any", "Process", "RestartablePostgres", "SchedulerProcess", "WorkerProcess"]
+__all__ = ["Process", "RestartablePostgres", "SchedulerProcess", "WorkerProcess"]
