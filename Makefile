@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test proto lint clean
+.PHONY: dev test soak proto lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ dev: $(STAMP)
 ## test: the whole suite against a real PostgreSQL and real gRPC servers
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## soak: the soak test at full size (20,000 jobs; make test runs a reduced one)
+soak: $(STAMP)
+	JOBWIRE_SOAK_JOBS=20000 $(PY) -m pytest tests/test_soak.py -s $(PYTEST_ARGS)
 
 ## proto: regenerate the Python code and type stubs from protos/
 proto: $(STAMP)

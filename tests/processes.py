@@ -133,6 +133,7 @@ class WorkerProcess(Process):
         queues: tuple[str, ...] = ("default",),
         drain_grace: float = 10,
         env: dict[str, str] | None = None,
+        imports: tuple[str, ...] = ("tests.handlers",),
     ) -> None:
         self.worker_id = worker_id
         args = [
@@ -141,8 +142,9 @@ class WorkerProcess(Process):
             "--worker-id", worker_id,
             "--concurrency", str(concurrency),
             "--drain-grace", str(drain_grace),
-            "--import", "tests.handlers",
         ]  # fmt: skip
+        for module in imports:
+            args += ["--import", module]
         for queue in queues:
             args += ["--queue", queue]
         super().__init__(args, log, env)
