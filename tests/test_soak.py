@@ -68,6 +68,7 @@ def submit_all(targets: list[str], accepted: dict[int, str], wrong: list[str]) -
                 time.sleep(0.1)
 
 
+@pytest.mark.timeout(1800)
 def test_soak_with_accounting(database_url: str, tmp_path: Path) -> None:
     extra = ["--retention", f"{RETENTION_SECONDS}s", "--prune-interval", "0.5"]
     schedulers = [
