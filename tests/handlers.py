@@ -33,3 +33,13 @@ async def chaos(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     if draw < float(payload.get("fail_rate", 0.0)):
         raise JobFailed("chaos", retryable=draw > float(payload.get("final_rate", 0.0)))
     return {"attempt": ctx.attempt}
+
+
+@handler("hog")
+async def hog(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """A badly written async handler: on its first attempt it blocks the worker's event
+    loop for `seconds` (so no lease extension leaves the worker meanwhile); later
+    attempts return at once."""
+    if ctx.attempt == 1:
+        time.sleep(float(payload.get("seconds", 0)))  # noqa: ASYNC251 - on purpose
+    return {"attempt": ctx.attempt, "worker": ctx.worker_id}

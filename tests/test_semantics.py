@@ -341,3 +341,32 @@ def test_reconnecting_worker_keeps_its_lease_by_extending(scheduler: SchedulerTh
     assert back.ack(leased).code == OK
     assert get(scheduler, job.id).attempt == 1
     back.close()
+
+
+def test_a_refused_stale_ack_leaves_the_current_holder_reachable(
+    scheduler: SchedulerThread,
+) -> None:
+    job = submit(scheduler, lease_timeout=Duration(seconds=1))
+    stale = StreamClient(scheduler.target, worker_id="stale")
+    old = stale.next_job()
+    wait_state(scheduler, job.id, job_pb2.JOB_STATE_PENDING)  # reaped, ready again
+    current = StreamClient(scheduler.target, worker_id="current")
+    new = current.next_job()
+    current.send(
+        leases_pb2.LeaseRequest(
+            extend=leases_pb2.ExtendRequest(
+                items=[
+                    leases_pb2.ExtendItem(
+                        job_id=job.id, lease_token=new.lease_token, extend_by=Duration(seconds=60)
+                    )
+                ]
+            )
+        )
+    )
+    assert current.result_for(job.id, leases_pb2.SETTLE_KIND_EXTEND).code == OK
+    assert stale.ack(old).code == FAILED_PRECONDITION
+    scheduler.jobs().Cancel(jobs_pb2.CancelRequest(id=job.id, reason="stop"))
+    notice = wait_for(lambda: current.of_kind("cancel"), timeout=3, message="cancel notice")[0]
+    assert notice.lease_token == new.lease_token
+    stale.close()
+    current.close()

@@ -174,10 +174,10 @@ class Scheduler:
             try:
                 while True:
                     ended = await self.store.expire_leases(limit=500)
-                    for job_id, _queue, state in ended:
-                        self.dispatcher.release(job_id)
-                        self.changes.changed(job_id)
-                        if state is State.PENDING:
+                    for expired in ended:
+                        self.dispatcher.release(expired.job_id, expired.lease_token)
+                        self.changes.changed(expired.job_id)
+                        if expired.next_state is State.PENDING:
                             self.dispatcher.wake()
                     if ended:
                         log.info("reaped %d expired leases", len(ended))

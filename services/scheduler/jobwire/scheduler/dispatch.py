@@ -135,10 +135,13 @@ class Dispatcher:
         session.held[job_id] = token
         self._holders[job_id] = session
 
-    def release(self, job_id: UUID) -> None:
-        session = self._holders.pop(job_id, None)
-        if session is not None:
-            session.held.pop(job_id, None)
+    def release(self, job_id: UUID, token: UUID) -> None:
+        """Forgets who holds the lease `token` of `job_id`. A newer lease of the same job
+        (leased again after this one ended) keeps its holder."""
+        session = self._holders.get(job_id)
+        if session is not None and session.held.get(job_id) == token:
+            del self._holders[job_id]
+            del session.held[job_id]
 
     def notify_cancel(self, job_id: UUID, reason: str = "") -> bool:
         """Tells the stream holding `job_id` (on this replica) to stop it."""

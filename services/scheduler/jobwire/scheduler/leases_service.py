@@ -59,6 +59,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         self._limits = limits
         self._stream_grace = stream_grace
         self.stopping = False
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     # -- the stream -----------------------------------------------------------------------
 
@@ -81,13 +82,20 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             while (message := await session.outbox.get()) is not None:
                 yield message
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            self._dispatcher.remove(session)
-            if not self.stopping:
-                await self._pull_in(session)
-            log.info("worker %s disconnected", session.worker_id)
+            # Not awaited here: gRPC may be closing this generator, and a closing generator
+            # must not wait on the database.
+            task = asyncio.create_task(self._end_session(session, reader))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+
+    async def _end_session(self, session: Session, reader: asyncio.Task[None]) -> None:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        self._dispatcher.remove(session)
+        if not self.stopping:
+            await self._pull_in(session)
+        log.info("worker %s disconnected", session.worker_id)
 
     async def _pull_in(self, session: Session) -> None:
         """The worker is gone: its leases end after the grace unless it extends them."""
@@ -142,16 +150,16 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             lease_token=item.lease_token,
         )
         try:
+            parsed: model.Ack | model.Nack
             if isinstance(item, leases_pb2.AckItem):
-                parsed_ack = validation.ack(item, "ack", self._limits)
-                refusals = await self._store.ack([parsed_ack], atomic=False)
-                job_id = parsed_ack.job_id
+                parsed = validation.ack(item, "ack", self._limits)
+                refusals = await self._store.ack([parsed], atomic=False)
             else:
-                parsed_nack = validation.nack(item, "nack", self._limits)
-                refusals = await self._store.nack([parsed_nack], atomic=False)
-                job_id = parsed_nack.job_id
+                parsed = validation.nack(item, "nack", self._limits)
+                refusals = await self._store.nack([parsed], atomic=False)
                 self._dispatcher.wake()  # the job may be ready again
-            self._dispatcher.release(job_id)
+            job_id = parsed.job_id
+            self._dispatcher.release(job_id, parsed.lease_token)
             self._changes.changed(job_id)
             error = refusals[0].error if refusals else None
             if error is not None:
@@ -239,7 +247,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
 
     def _settled(self, items: Sequence[model.Ack | model.Nack]) -> None:
         for item in items:
-            self._dispatcher.release(item.job_id)
+            self._dispatcher.release(item.job_id, item.lease_token)
             self._changes.changed(item.job_id)
 
 

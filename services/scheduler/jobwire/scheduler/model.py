@@ -242,6 +242,16 @@ class Extended:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Expired:
+    """An attempt the reaper ended because its lease deadline passed."""
+
+    job_id: UUID
+    queue: str
+    lease_token: UUID
+    next_state: State
+
+
+@dataclass(frozen=True, kw_only=True)
 class Refusal:
     """Why one settle item was not applied; `error` is None when it was a harmless repeat."""
 

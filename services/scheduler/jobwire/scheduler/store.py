@@ -33,6 +33,7 @@ from .errors import (
 from .model import (
     Ack,
     Attempt,
+    Expired,
     Extended,
     Extension,
     Job,
@@ -371,11 +372,20 @@ class Store:
                     raise first.error
         return refusals
 
-    async def expire_leases(self, *, limit: int) -> list[tuple[UUID, str, State]]:
-        """Ends attempts whose lease deadline passed; returns (job id, queue, new state)."""
+    async def expire_leases(self, *, limit: int) -> list[Expired]:
+        """Ends attempts whose lease deadline passed."""
         async with self._transaction() as conn:
             rows = await self._rows(conn, "expire_leases", {"limit": limit})
-        return [(r["id"], r["queue"], State(r["next_state"])) for r in rows if r["next_state"]]
+        return [
+            Expired(
+                job_id=r["id"],
+                queue=r["queue"],
+                lease_token=r["lease_token"],
+                next_state=State(r["next_state"]),
+            )
+            for r in rows
+            if r["next_state"]
+        ]
 
     async def prune_finished(self, *, retention: timedelta, limit: int) -> int:
         """Deletes up to `limit` jobs finished longer than `retention` ago; returns how many."""

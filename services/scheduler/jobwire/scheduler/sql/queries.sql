@@ -135,7 +135,7 @@ WITH expired AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-SELECT id, queue,
+SELECT id, queue, lease_token,
        jobwire_end_attempt(id, lease_token, true, false, true, NULL,
            format('lease expired at %%s (worker %%s)', lease_deadline, worker_id),
            'lease_expired', '') AS next_state
