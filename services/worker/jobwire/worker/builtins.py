@@ -35,6 +35,7 @@ __all__ = [
     "TEXT_MAX_LENGTH",
     "csv",
     "fail",
+    "noop",
     "register_builtins",
     "reverse",
     "text",
@@ -191,12 +192,18 @@ def fail(payload: Any) -> None:
     raise JobFailed(message or "simulated failure", retryable=retryable, kind="simulated")
 
 
+async def noop(payload: Any) -> None:
+    """Does nothing: for benchmarks and smoke tests of a deployment."""
+    return None
+
+
 BUILTIN_TYPES: dict[str, Callable[..., Any]] = {
     "uppercase": uppercase,
     "reverse": reverse,
     "csv": csv,
     "text": text,
     "fail": fail,
+    "noop": noop,
 }
 
 
