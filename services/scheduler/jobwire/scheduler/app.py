@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -155,6 +156,8 @@ class Scheduler:
             session.close()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._leases is not None:
+            await self._leases.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -218,8 +221,9 @@ class Scheduler:
                     if channel == "jobwire_submitted":
                         self.dispatcher.wake()
                     elif channel == "jobwire_cancel":
-                        with contextlib.suppress(ValueError):
-                            self.dispatcher.notify_cancel(UUID(payload))
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            cancel = json.loads(payload)
+                            self.dispatcher.notify_cancel(UUID(cancel["id"]), cancel["reason"])
             except SchedulerError as exc:
                 log.warning("notifications paused: %s", exc)
             await asyncio.sleep(self.settings.poll_interval)

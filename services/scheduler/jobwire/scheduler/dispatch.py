@@ -43,6 +43,7 @@ class Session:
     outbox: asyncio.Queue[leases_pb2.LeaseResponse | None] = field(default_factory=asyncio.Queue)
     # Jobs this stream holds a lease on, to route cancel notices: job id -> lease token.
     held: dict[UUID, UUID] = field(default_factory=dict)
+    cancels_sent: set[UUID] = field(default_factory=set)
 
     @property
     def wants_jobs(self) -> bool:
@@ -142,12 +143,15 @@ class Dispatcher:
         if session is not None and session.held.get(job_id) == token:
             del self._holders[job_id]
             del session.held[job_id]
+            session.cancels_sent.discard(job_id)
 
     def notify_cancel(self, job_id: UUID, reason: str = "") -> bool:
-        """Tells the stream holding `job_id` (on this replica) to stop it."""
+        """Tells the stream holding `job_id` (on this replica) to stop it, once: the local
+        Cancel call and the NOTIFY it also sends for other replicas both end up here."""
         session = self._holders.get(job_id)
-        if session is None:
+        if session is None or job_id in session.cancels_sent:
             return False
+        session.cancels_sent.add(job_id)
         token = session.held.get(job_id)
         session.send(
             leases_pb2.LeaseResponse(

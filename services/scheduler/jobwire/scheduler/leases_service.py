@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -13,8 +14,9 @@ import grpc
 from jobwire.v1 import leases_pb2, leases_pb2_grpc
 
 from . import convert, model, validation
+from .batching import GroupCommit
 from .dispatch import Dispatcher, JobChanges, Session
-from .errors import InvalidArgument, SchedulerError
+from .errors import FailedPrecondition, InvalidArgument, SchedulerError
 from .model import Extension
 from .status import code_of, unary
 from .store import Store
@@ -60,6 +62,9 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         self._stream_grace = stream_grace
         self.stopping = False
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._acks = GroupCommit(self._write_acks, name="acks")
+        self._nacks = GroupCommit(self._write_nacks, name="nacks")
+        self._extensions = GroupCommit(self._write_extensions, name="extensions")
 
     # -- the stream -----------------------------------------------------------------------
 
@@ -123,6 +128,9 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             session.close()
 
     async def _handle(self, message: leases_pb2.LeaseRequest, session: Session) -> None:
+        """Takes one message off the stream. Outcomes and extensions are handed to group
+        commit and answered when their batch is written, so the reader never waits on the
+        database and one stream's items share round trips with every other stream's."""
         kind = message.WhichOneof("kind")
         if kind == "credit":
             if not 1 <= message.credit.credits <= MAX_CREDIT:
@@ -134,14 +142,15 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             session.draining = True
             session.credit = 0
         elif kind == "ack":
-            await self._settle_one(session, leases_pb2.SETTLE_KIND_ACK, message.ack)
+            self._settle(session, leases_pb2.SETTLE_KIND_ACK, message.ack)
         elif kind == "nack":
-            await self._settle_one(session, leases_pb2.SETTLE_KIND_NACK, message.nack)
+            self._settle(session, leases_pb2.SETTLE_KIND_NACK, message.nack)
         elif kind == "extend":
-            await self._extend_stream(session, list(message.extend.items))
+            for i, item in enumerate(message.extend.items[: validation.MAX_BATCH]):
+                self._extend(session, item, f"extend.items[{i}]")
         # A second hello or an unknown kind is ignored: newer workers may send more.
 
-    async def _settle_one(
+    def _settle(
         self, session: Session, kind: int, item: leases_pb2.AckItem | leases_pb2.NackItem
     ) -> None:
         result = leases_pb2.SettleResult(
@@ -149,63 +158,83 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             job_id=item.job_id,
             lease_token=item.lease_token,
         )
+        parsed: model.Ack | model.Nack
+        future: asyncio.Future[Exception | None]
         try:
-            parsed: model.Ack | model.Nack
             if isinstance(item, leases_pb2.AckItem):
                 parsed = validation.ack(item, "ack", self._limits)
-                refusals = await self._store.ack([parsed], atomic=False)
+                future = self._acks.submit(parsed)
             else:
                 parsed = validation.nack(item, "nack", self._limits)
-                refusals = await self._store.nack([parsed], atomic=False)
-                self._dispatcher.wake()  # the job may be ready again
-            job_id = parsed.job_id
-            self._dispatcher.release(job_id, parsed.lease_token)
-            self._changes.changed(job_id)
-            error = refusals[0].error if refusals else None
-            if error is not None:
-                raise error
-            result.code = _OK
+                future = self._nacks.submit(parsed)
         except SchedulerError as exc:
-            result.code = code_of(exc).value[0]
-            result.message = str(exc)
-        session.send(leases_pb2.LeaseResponse(result=result))
+            session.send(_answer(result, exc))
+            return
 
-    async def _extend_stream(self, session: Session, items: list[leases_pb2.ExtendItem]) -> None:
-        parsed: list[Extension] = []
-        for i, item in enumerate(items[: validation.MAX_BATCH]):
-            try:
-                parsed.append(validation.extension(item, f"extend.items[{i}]", self._limits))
-            except SchedulerError as exc:
-                session.send(_extend_result(item.job_id, item.lease_token, exc))
-        if not parsed:
-            return
+        def settled(done: asyncio.Future[Exception | None]) -> None:
+            if done.cancelled():
+                return
+            error = done.exception() or done.result()
+            self._dispatcher.release(parsed.job_id, parsed.lease_token)
+            self._changes.changed(parsed.job_id)
+            if isinstance(parsed, model.Nack) and error is None:
+                self._dispatcher.wake()  # the job may be ready again
+            session.send(_answer(result, error))
+
+        future.add_done_callback(settled)
+
+    def _extend(self, session: Session, item: leases_pb2.ExtendItem, where: str) -> None:
+        result = leases_pb2.SettleResult(
+            kind=leases_pb2.SETTLE_KIND_EXTEND, job_id=item.job_id, lease_token=item.lease_token
+        )
         try:
-            extended, refusals = await self._store.extend(
-                parsed, worker_id=session.worker_id, atomic=False
-            )
+            parsed = validation.extension(item, where, self._limits)
         except SchedulerError as exc:
-            for ext in parsed:
-                session.send(_extend_result(str(ext.job_id), str(ext.lease_token), exc))
+            session.send(_answer(result, exc))
             return
-        tokens = {e.job_id: e.lease_token for e in parsed}
-        for done in extended:
-            self._dispatcher.hold(session, done.job_id, tokens[done.job_id])
-            session.send(
-                leases_pb2.LeaseResponse(
-                    result=leases_pb2.SettleResult(
-                        kind=leases_pb2.SETTLE_KIND_EXTEND,
-                        job_id=str(done.job_id),
-                        lease_token=str(tokens[done.job_id]),
-                        code=_OK,
-                        lease_deadline=convert.timestamp(done.lease_deadline),
-                        cancel_requested=done.cancel_requested,
-                    )
-                )
-            )
-        for refusal in refusals:
-            session.send(
-                _extend_result(str(refusal.job_id), str(refusal.lease_token), refusal.error)
-            )
+        parsed = replace(parsed, worker_id=session.worker_id)
+        future = self._extensions.submit(parsed)
+
+        def extended(done: asyncio.Future[model.Extended | Exception]) -> None:
+            if done.cancelled():
+                return
+            outcome = done.exception() or done.result()
+            if isinstance(outcome, model.Extended):
+                self._dispatcher.hold(session, parsed.job_id, parsed.lease_token)
+                result.lease_deadline.CopyFrom(convert.timestamp(outcome.lease_deadline))
+                result.cancel_requested = outcome.cancel_requested
+                session.send(_answer(result, None))
+            else:
+                session.send(_answer(result, outcome))
+
+        future.add_done_callback(extended)
+
+    # -- group commit ---------------------------------------------------------------------
+
+    async def _write_acks(self, items: Sequence[model.Ack]) -> list[Exception | None]:
+        refusals = await self._store.ack(items, atomic=False)
+        return _per_item(items, refusals)
+
+    async def _write_nacks(self, items: Sequence[model.Nack]) -> list[Exception | None]:
+        refusals = await self._store.nack(items, atomic=False)
+        return _per_item(items, refusals)
+
+    async def _write_extensions(
+        self, items: Sequence[Extension]
+    ) -> list[model.Extended | Exception]:
+        extended, refusals = await self._store.extend(items, atomic=False)
+        done = {(e.job_id, e.lease_token): e for e in extended}
+        errors = _per_item(items, refusals)
+        return [
+            done.get((item.job_id, item.lease_token))
+            or error
+            or FailedPrecondition(f"lease {item.lease_token} of job {item.job_id} was not extended")
+            for item, error in zip(items, errors, strict=True)
+        ]
+
+    async def close(self) -> None:
+        for batcher in (self._acks, self._nacks, self._extensions):
+            await batcher.close()
 
     # -- unary calls ----------------------------------------------------------------------
 
@@ -231,7 +260,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         self, request: leases_pb2.ExtendRequest, context: Context
     ) -> leases_pb2.ExtendResponse:
         items = validation.extensions(list(request.items), self._limits)
-        extended, _ = await self._store.extend(items, worker_id=None, atomic=True)
+        extended, _ = await self._store.extend(items, atomic=True)
         by_id = {e.job_id: e for e in extended}
         return leases_pb2.ExtendResponse(
             results=[
@@ -251,11 +280,24 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             self._changes.changed(item.job_id)
 
 
-def _extend_result(job_id: str, token: str, error: Exception | None) -> leases_pb2.LeaseResponse:
-    result = leases_pb2.SettleResult(
-        kind=leases_pb2.SETTLE_KIND_EXTEND, job_id=job_id, lease_token=token, code=_OK
-    )
-    if isinstance(error, SchedulerError):
+def _per_item(
+    items: Sequence[model.Ack | model.Nack | Extension], refusals: Sequence[model.Refusal]
+) -> list[Exception | None]:
+    """One entry per item: None when it was applied (or was a harmless repeat)."""
+    errors = {(r.job_id, r.lease_token): r.error for r in refusals}
+    return [errors.get((item.job_id, item.lease_token)) for item in items]
+
+
+def _answer(
+    result: leases_pb2.SettleResult, error: BaseException | None
+) -> leases_pb2.LeaseResponse:
+    if error is None:
+        result.code = _OK
+    elif isinstance(error, SchedulerError):
         result.code = code_of(error).value[0]
         result.message = str(error)
+    else:
+        log.error("settling %s failed: %r", result.job_id, error)
+        result.code = grpc.StatusCode.INTERNAL.value[0]
+        result.message = "internal error"
     return leases_pb2.LeaseResponse(result=result)

@@ -232,11 +232,14 @@ class Extension:
     job_id: UUID
     lease_token: UUID
     extend_by: timedelta | None = None
+    # The worker now holding the lease (it may have reconnected); None keeps the recorded one.
+    worker_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Extended:
     job_id: UUID
+    lease_token: UUID
     lease_deadline: datetime
     cancel_requested: bool
 

@@ -235,7 +235,7 @@ class Store:
             if rows:
                 job = Job.from_row(rows[0])
                 if job.state is State.RUNNING:
-                    await conn.execute(QUERIES["notify_cancel"], {"id": job_id})
+                    await conn.execute(QUERIES["notify_cancel"], {"id": job_id, "reason": reason})
                 return job, job.state is State.RUNNING
         job = await self.get(job_id, with_attempts=False)
         if job.state is State.CANCELLED or (job.state is State.RUNNING and job.cancel_requested):
@@ -291,8 +291,8 @@ class Store:
             "result_type": [i.result_type for i in items],
         }
 
-        async def run(conn: Conn) -> set[UUID]:
-            return {r["id"] for r in await self._rows(conn, "ack_jobs", params)}
+        async def run(conn: Conn) -> set[tuple[UUID, UUID]]:
+            return {(r["id"], r["token"]) for r in await self._rows(conn, "ack_jobs", params)}
 
         return await self._settle(items, run, _SAME_ACK, atomic=atomic)
 
@@ -308,34 +308,35 @@ class Store:
             "details": [i.error.details for i in items],
         }
 
-        async def run(conn: Conn) -> set[UUID]:
+        async def run(conn: Conn) -> set[tuple[UUID, UUID]]:
             rows = await self._rows(conn, "nack_jobs", params)
-            return {r["id"] for r in rows if r["next_state"] is not None}
+            return {(r["id"], r["token"]) for r in rows if r["next_state"] is not None}
 
         return await self._settle(items, run, _SAME_NACK, atomic=atomic)
 
     async def extend(
-        self, items: Sequence[Extension], *, worker_id: str | None, atomic: bool
+        self, items: Sequence[Extension], *, atomic: bool
     ) -> tuple[list[Extended], list[Refusal]]:
         params = {
             "id": [i.job_id for i in items],
             "token": [i.lease_token for i in items],
             "extend_by": [i.extend_by for i in items],
-            "worker_id": worker_id,
+            "worker_id": [i.worker_id for i in items],
         }
         extended: list[Extended] = []
 
-        async def run(conn: Conn) -> set[UUID]:
+        async def run(conn: Conn) -> set[tuple[UUID, UUID]]:
             rows = await self._rows(conn, "extend_leases", params)
             extended[:] = [
                 Extended(
                     job_id=r["id"],
+                    lease_token=r["token"],
                     lease_deadline=r["lease_deadline"],
                     cancel_requested=r["cancel_requested"],
                 )
                 for r in rows
             ]
-            return {r["id"] for r in rows}
+            return {(r["id"], r["token"]) for r in rows}
 
         refusals = await self._settle(items, run, set(), atomic=atomic)
         return extended, refusals
@@ -353,8 +354,8 @@ class Store:
         Atomic batches are rolled back whole when any item is refused.
         """
         async with self._transaction() as conn:
-            applied: set[UUID] = await run(conn)
-            missed = [i for i in items if i.job_id not in applied]
+            applied: set[tuple[UUID, UUID]] = await run(conn)
+            missed = [i for i in items if (i.job_id, i.lease_token) not in applied]
             if not missed:
                 return []
             rows = await self._rows(

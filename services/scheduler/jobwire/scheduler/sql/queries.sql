@@ -95,16 +95,16 @@ WITH input AS (
         error_details = NULL
     FROM input i
     WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
-    RETURNING j.id, j.attempt
+    RETURNING j.id, j.attempt, i.token
 ), history AS (
     UPDATE jobwire_attempts a SET outcome = 'SUCCEEDED', finished_at = now(), next_state = 'SUCCEEDED'
     FROM settled s WHERE a.job_id = s.id AND a.number = s.attempt
 )
-SELECT id FROM settled
+SELECT id, token FROM settled
 
 -- name: nack_jobs
 -- Ends attempts without success; the rules live in jobwire_end_attempt().
-SELECT t.id, jobwire_end_attempt(t.id, t.token, false, t.release, t.retryable, t.delay,
+SELECT t.id, t.token, jobwire_end_attempt(t.id, t.token, false, t.release, t.retryable, t.delay,
                                  t.message, t.kind, t.details) AS next_state
 FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(release)s::bool[], %(retryable)s::bool[],
             %(delay)s::interval[], %(message)s::text[], %(kind)s::text[], %(details)s::text[])
@@ -113,10 +113,11 @@ FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(release)s::bool[], %(retryable)
 -- name: extend_leases
 UPDATE jobwire_jobs j SET
     lease_deadline = now() + coalesce(i.extend_by, j.lease_timeout),
-    worker_id = coalesce(%(worker_id)s::text, j.worker_id)
-FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(extend_by)s::interval[]) AS i(id, token, extend_by)
+    worker_id = coalesce(i.worker_id, j.worker_id)
+FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(extend_by)s::interval[],
+            %(worker_id)s::text[]) AS i(id, token, extend_by, worker_id)
 WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
-RETURNING j.id, j.lease_deadline, j.cancel_requested
+RETURNING j.id, i.token, j.lease_deadline, j.cancel_requested
 
 -- name: explain_refusals
 -- Why items were not settled: which jobs exist, and how the named attempt ended.
@@ -163,7 +164,7 @@ WHERE id = %(id)s AND state IN ('PENDING', 'RUNNING') AND NOT cancel_requested
 RETURNING *
 
 -- name: notify_cancel
-SELECT pg_notify('jobwire_cancel', %(id)s::text)
+SELECT pg_notify('jobwire_cancel', json_build_object('id', %(id)s::text, 'reason', %(reason)s::text)::text)
 
 -- name: retry_job
 INSERT INTO jobwire_jobs (
