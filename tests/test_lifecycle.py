@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -62,3 +63,49 @@ def test_submit_lease_extend_ack_get(scheduler: SchedulerThread) -> None:
     assert [a.outcome for a in done.attempts] == [job_pb2.ATTEMPT_OUTCOME_SUCCEEDED]
     assert done.attempts[0].worker_id == "stub-worker"
     assert done.HasField("finished_at") and not done.HasField("lease_deadline")
+
+
+def test_batched_stream_messages(scheduler: SchedulerThread) -> None:
+    """A worker that sets Hello.batches gets jobs and answers packed, and may pack its
+    outcomes and credit into one SettleBatch."""
+    ids = [
+        r.job.id
+        for r in scheduler.jobs()
+        .Submit(jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(type="echo") for _ in range(5)]))
+        .results
+    ]
+    requests: queue.Queue[leases_pb2.LeaseRequest | None] = queue.Queue()
+    requests.put(
+        leases_pb2.LeaseRequest(
+            hello=leases_pb2.Hello(
+                worker_id="batcher", queues=["default"], types=["echo"], credits=5, batches=True
+            )
+        )
+    )
+    responses = scheduler.leases().Lease(iter(requests.get, None), timeout=30)
+    leased: list[leases_pb2.LeasedJob] = []
+    while len(leased) < 5:
+        message = next(responses)
+        assert message.WhichOneof("kind") == "jobs"
+        leased.extend(message.jobs.jobs)
+    assert sorted(j.job.id for j in leased) == sorted(ids)
+    requests.put(
+        leases_pb2.LeaseRequest(
+            batch=leases_pb2.SettleBatch(
+                acks=[
+                    leases_pb2.AckItem(job_id=j.job.id, lease_token=j.lease_token) for j in leased
+                ],
+                credits=5,
+            )
+        )
+    )
+    answered: list[leases_pb2.SettleResult] = []
+    while len(answered) < 5:
+        message = next(responses)
+        assert message.WhichOneof("kind") == "results"
+        answered.extend(message.results.results)
+    assert {r.code for r in answered} == {0}
+    requests.put(None)
+    for job_id in ids:
+        job = scheduler.jobs().Get(jobs_pb2.GetRequest(id=job_id)).job
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED

@@ -716,3 +716,32 @@ def test_worker_side_never_loads_the_database_driver_or_the_scheduler() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "", f"loaded: {result.stdout.strip()}"
+
+
+# -- packing outcomes into one write -----------------------------------------------------
+
+
+def test_pack_folds_queued_outcomes_and_credit_but_keeps_order_around_others() -> None:
+    from jobwire.v1 import leases_pb2
+    from jobwire.worker.connection import _pack
+
+    async def scenario() -> None:
+        outbox: asyncio.Queue[leases_pb2.LeaseRequest | None] = asyncio.Queue()
+        ack = leases_pb2.LeaseRequest(ack=leases_pb2.AckItem(job_id="a", lease_token="t"))
+        nack = leases_pb2.LeaseRequest(nack=leases_pb2.NackItem(job_id="b", lease_token="u"))
+        credit = leases_pb2.LeaseRequest(credit=leases_pb2.Credit(credits=1))
+        extend = leases_pb2.LeaseRequest(extend=leases_pb2.ExtendRequest())
+        for item in (nack, credit, credit, extend, ack, None):
+            outbox.put_nowait(item)
+        packed = _pack(ack, outbox)
+        assert packed.WhichOneof("kind") == "batch"
+        assert [a.job_id for a in packed.batch.acks] == ["a"]
+        assert [n.job_id for n in packed.batch.nacks] == ["b"]
+        assert packed.batch.credits == 2
+        # The extension stopped the fold and is next, then the rest in order.
+        rest = [outbox.get_nowait() for _ in range(outbox.qsize())]
+        assert [r.WhichOneof("kind") if r else None for r in rest] == ["extend", "ack", None]
+        # Alone, a message goes as it is.
+        assert _pack(ack, asyncio.Queue()) is ack
+
+    asyncio.run(scenario())

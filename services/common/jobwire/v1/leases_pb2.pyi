@@ -54,6 +54,7 @@ class LeaseRequest(_message.Message):
     NACK_FIELD_NUMBER: _builtins.int
     EXTEND_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello:
         """Must be the first message, and only the first."""
@@ -78,6 +79,12 @@ class LeaseRequest(_message.Message):
     def drain(self) -> Global___Drain:
         """Send no more jobs (the worker is shutting down); the credit drops to 0."""
 
+    @_builtins.property
+    def batch(self) -> Global___SettleBatch:
+        """Several outcomes and returned credit in one message: what a busy worker sends
+        instead of one ack, nack or credit message each. Items are answered one by one.
+        """
+
     def __init__(
         self,
         *,
@@ -87,12 +94,13 @@ class LeaseRequest(_message.Message):
         nack: Global___NackItem | None = ...,
         extend: Global___ExtendRequest | None = ...,
         drain: Global___Drain | None = ...,
+        batch: Global___SettleBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "credit", b"credit", "drain", b"drain", "extend", b"extend", "hello", b"hello", "kind", b"kind", "nack", b"nack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "credit", b"credit", "drain", b"drain", "extend", b"extend", "hello", b"hello", "kind", b"kind", "nack", b"nack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "credit", b"credit", "drain", b"drain", "extend", b"extend", "hello", b"hello", "kind", b"kind", "nack", b"nack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "credit", b"credit", "drain", b"drain", "extend", b"extend", "hello", b"hello", "kind", b"kind", "nack", b"nack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "credit", "ack", "nack", "extend", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "credit", "ack", "nack", "extend", "drain", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -108,11 +116,16 @@ class Hello(_message.Message):
     QUEUES_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
     CREDITS_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Unique per worker process, for example "host-1234-a1b2". 1-128 characters."""
     credits: _builtins.int
     """Initial credit: how many jobs the scheduler may send before more credit
     arrives. Usually the free concurrency slots. 0 to 10000.
+    """
+    batches: _builtins.bool
+    """The worker reads batched responses (LeaseResponse.jobs and .results); without it
+    the scheduler sends one job or result per message.
     """
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -129,10 +142,11 @@ class Hello(_message.Message):
         queues: _abc.Iterable[_builtins.str] | None = ...,
         types: _abc.Iterable[_builtins.str] | None = ...,
         credits: _builtins.int = ...,
+        batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "queues", b"queues", "types", b"types", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "credits", b"credits", "queues", b"queues", "types", b"types", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -176,6 +190,40 @@ class Drain(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Drain: _TypeAlias = Drain  # noqa: Y015
+
+@_typing.final
+class SettleBatch(_message.Message):
+    """Outcomes and credit together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    NACKS_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    credits: _builtins.int
+    """Credit returned with them, as in Credit. 0 to 10000."""
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___AckItem]:
+        """Successes, each answered by a SettleResult. At most 1000."""
+
+    @_builtins.property
+    def nacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NackItem]:
+        """Failures and hand-backs, each answered by a SettleResult. At most 1000."""
+
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___AckItem] | None = ...,
+        nacks: _abc.Iterable[Global___NackItem] | None = ...,
+        credits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "credits", b"credits", "nacks", b"nacks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleBatch: _TypeAlias = SettleBatch  # noqa: Y015
 
 @_typing.final
 class AckItem(_message.Message):
@@ -298,6 +346,8 @@ class LeaseResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> Global___LeasedJob:
         """A job to run."""
@@ -310,22 +360,80 @@ class LeaseResponse(_message.Message):
     def result(self) -> Global___SettleResult:
         """The answer to one ack, nack or extension item."""
 
+    @_builtins.property
+    def jobs(self) -> Global___LeasedJobs:
+        """Several jobs at once (only to workers whose Hello set `batches`)."""
+
+    @_builtins.property
+    def results(self) -> Global___SettleResults:
+        """Several answers at once (only to workers whose Hello set `batches`)."""
+
     def __init__(
         self,
         *,
         job: Global___LeasedJob | None = ...,
         cancel: Global___CancelNotice | None = ...,
         result: Global___SettleResult | None = ...,
+        jobs: Global___LeasedJobs | None = ...,
+        results: Global___SettleResults | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "job", b"job", "kind", b"kind", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "job", b"job", "jobs", b"jobs", "kind", b"kind", "result", b"result", "results", b"results"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "job", b"job", "kind", b"kind", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "job", b"job", "jobs", b"jobs", "kind", b"kind", "result", b"result", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job", "cancel", "result"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job", "cancel", "result", "jobs", "results"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___LeaseResponse: _TypeAlias = LeaseResponse  # noqa: Y015
+
+@_typing.final
+class LeasedJobs(_message.Message):
+    """Jobs leased together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeasedJob]:
+        """Never more than the credit the worker granted."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___LeasedJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeasedJobs: _TypeAlias = LeasedJobs  # noqa: Y015
+
+@_typing.final
+class SettleResults(_message.Message):
+    """Answers written together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettleResult]:
+        """In no particular order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SettleResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleResults: _TypeAlias = SettleResults  # noqa: Y015
 
 @_typing.final
 class LeasedJob(_message.Message):

@@ -37,6 +37,8 @@ class Session:
     queues: tuple[str, ...]
     types: tuple[str, ...]
     credit: int
+    # The worker reads LeasedJobs and SettleResults (several items per message).
+    batches: bool = False
     number: int = field(default_factory=lambda: next(_session_ids))
     draining: bool = False
     closed: bool = False

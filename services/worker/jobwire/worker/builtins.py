@@ -58,9 +58,7 @@ def _invalid(message: str) -> JobFailed:
 
 def _object(payload: Any, job_type: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
-        raise _invalid(
-            f"{job_type} expects a JSON object payload, got {_describe(payload)}"
-        )
+        raise _invalid(f"{job_type} expects a JSON object payload, got {_describe(payload)}")
     return payload
 
 
@@ -153,8 +151,7 @@ def csv(payload: Any) -> Result:
             for number, row in enumerate(rows, 1):
                 if len(row) != len(header):
                     raise _invalid(
-                        f"csv: row {number} has {len(row)} values but the header has "
-                        f"{len(header)}"
+                        f"csv: row {number} has {len(row)} values but the header has {len(header)}"
                     )
             writer.writerow(header)
         for row in rows:

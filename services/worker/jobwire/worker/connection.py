@@ -171,6 +171,7 @@ class Connection:
                 if request is None:
                     await link.stream.done_writing()
                     return
+                request = _pack(request, link.outbox)
                 await link.stream.write(request)
                 if request.WhichOneof("kind") == "hello":
                     link.hello_sent = True
@@ -191,3 +192,52 @@ class Connection:
             # makes sure it wakes up even if the call somehow stays open.
             log.debug("writing to the Lease stream failed: %s", describe_error(exc))
             link.stream.cancel()
+
+
+_PACKABLE = frozenset({"ack", "nack", "credit"})
+
+
+def _pack(
+    first: leases_pb2.LeaseRequest,
+    outbox: asyncio.Queue[leases_pb2.LeaseRequest | None],
+) -> leases_pb2.LeaseRequest:
+    """Folds the outcomes and credit queued behind `first` into one SettleBatch.
+
+    gRPC allows one write at a time; while one is in flight, finished jobs queue up, and
+    the next write carries all of them. Anything else (hello, extend, drain, the end of
+    the stream) stops the fold and stays queued, in order.
+    """
+    if first.WhichOneof("kind") not in _PACKABLE or outbox.empty():
+        return first
+    batch = leases_pb2.SettleBatch()
+    request: leases_pb2.LeaseRequest | None = first
+    while request is not None:
+        kind = request.WhichOneof("kind")
+        if kind == "ack":
+            batch.acks.append(request.ack)
+        elif kind == "nack":
+            batch.nacks.append(request.nack)
+        else:
+            batch.credits += request.credit.credits
+        if outbox.empty() or len(batch.acks) + len(batch.nacks) >= _MAX_PACKED:
+            break
+        request = outbox.get_nowait()
+        if request is None or request.WhichOneof("kind") not in _PACKABLE:
+            _push_front(outbox, request)
+            break
+    return leases_pb2.LeaseRequest(batch=batch)
+
+
+# The scheduler takes at most 1000 items per batch.
+_MAX_PACKED = 1000
+
+
+def _push_front(
+    outbox: asyncio.Queue[leases_pb2.LeaseRequest | None], item: leases_pb2.LeaseRequest | None
+) -> None:
+    """Puts back the message that ended a fold, ahead of everything queued after it."""
+    rest = [item]
+    while not outbox.empty():
+        rest.append(outbox.get_nowait())
+    for queued in rest:
+        outbox.put_nowait(queued)

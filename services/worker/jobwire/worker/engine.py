@@ -113,6 +113,7 @@ class Engine:
             queues=settings.queues,
             types=self.registry.types,
             credits=credits,
+            batches=True,
         )
         messages = [leases_pb2.LeaseRequest(hello=hello)]
         if self._draining:
@@ -132,6 +133,12 @@ class Engine:
             self._on_cancel(response.cancel)
         elif kind == "result":
             self._on_settle(response.result)
+        elif kind == "jobs":
+            for leased in response.jobs.jobs:
+                self._on_job(leased)
+        elif kind == "results":
+            for result in response.results.results:
+                self._on_settle(result)
         else:
             log.debug("ignoring an unknown message from the scheduler: %s", kind)
 

@@ -196,9 +196,7 @@ class Execution:
             return self._success(source.result()) if exc is None else self._failure(exc)
         if self.stop_reason is None:
             # Cancelled without the worker asking: treat like any other error.
-            return self._nack(
-                "handler was cancelled", kind="CancelledError", retryable=True
-            )
+            return self._nack("handler was cancelled", kind="CancelledError", retryable=True)
         return self._stopped_outcome()
 
     def _stopped_outcome(self) -> Outcome | None:
@@ -212,9 +210,7 @@ class Execution:
                 label="cancelled",
             )
         if reason is StopReason.TIMEOUT:
-            return self._nack(
-                f"{detail} exceeded", kind="timeout", retryable=True, label="timeout"
-            )
+            return self._nack(f"{detail} exceeded", kind="timeout", retryable=True, label="timeout")
         if reason is StopReason.RELEASED:
             return outcomes.release(self.job_id, self.lease_token, f"handed back: {detail}")
         return None

@@ -33,9 +33,7 @@ IN_FLIGHT = Gauge("jobwire_worker_jobs_in_flight", "Handlers running now.")
 CONNECTED = Gauge(
     "jobwire_worker_connected", "1 while a Lease stream to the scheduler is open, else 0."
 )
-RECONNECTS = Counter(
-    "jobwire_worker_reconnects", "Lease streams that ended and were opened again."
-)
+RECONNECTS = Counter("jobwire_worker_reconnects", "Lease streams that ended and were opened again.")
 SETTLE_REFUSED = Counter(
     "jobwire_worker_settle_refused",
     "Outcomes the scheduler refused (lease lost, unknown job, invalid item), by kind.",
