@@ -83,18 +83,38 @@ class Store:
             kwargs={"autocommit": True, "row_factory": dict_row},
             name="jobwire",
         )
+        # Leases and lease extensions commit without waiting for the WAL flush. Losing one
+        # in a database crash is harmless: the job is PENDING again and runs again (at least
+        # once), and the lost token is refused if its worker reports. Outcomes and submits,
+        # which a client is told are recorded, always wait for the flush.
+        self._relaxed_pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=max(2, max_size // 3),
+            open=False,
+            timeout=5.0,
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "options": "-c synchronous_commit=off",
+            },
+            name="jobwire-leases",
+        )
         self._checking: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
+        await self._relaxed_pool.open(wait=False)
 
     async def close(self) -> None:
+        await self._relaxed_pool.close()
         await self._pool.close()
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[Conn]:
+    async def _conn(self, *, relaxed: bool = False) -> AsyncIterator[Conn]:
+        pool = self._relaxed_pool if relaxed else self._pool
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
                 yield conn
         except SchedulerError:
             raise
@@ -107,7 +127,11 @@ class Store:
         """After a lost connection (a database restart), test the idle ones in the background
         so that the next requests get live connections instead of failing one by one."""
         if self._checking is None or self._checking.done():
-            self._checking = asyncio.create_task(self._pool.check())
+            self._checking = asyncio.create_task(self._check_pools())
+
+    async def _check_pools(self) -> None:
+        await self._pool.check()
+        await self._relaxed_pool.check()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Conn]:
@@ -280,7 +304,7 @@ class Store:
         self, *, queue: str, types: Sequence[str], worker_id: str, limit: int
     ) -> list[Job]:
         params = {"queue": queue, "types": list(types), "worker_id": worker_id, "limit": limit}
-        async with self._conn() as conn:
+        async with self._conn(relaxed=True) as conn:
             return [Job.from_row(r) for r in await self._rows(conn, "lease_jobs", params)]
 
     async def ack(self, items: Sequence[Ack], *, atomic: bool) -> list[Refusal]:
