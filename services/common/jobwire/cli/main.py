@@ -26,12 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each side registers its own commands; none imports a database driver until run.
     from jobwire.cli import jobs_commands
+    from jobwire.scheduler import bench
     from jobwire.scheduler import cli as scheduler_cli
     from jobwire.worker import cli as worker_cli
 
     scheduler_cli.register(subparsers)
     worker_cli.register(subparsers)
     jobs_commands.register(subparsers)
+    bench.register(subparsers)
     return parser
 
 
