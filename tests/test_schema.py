@@ -168,3 +168,21 @@ def test_backoff_grows_and_is_capped(conn: psycopg.Connection[tuple[object, ...]
         "SELECT jobwire_backoff('1 second', '1 day', 10.0, 0.5, 100) <= interval '1 day'"
     ).fetchone()
     assert big == (True,)
+
+
+def test_guard_only_fires_on_a_broken_rule(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """The guard's WHEN condition lets ordinary updates through without calling it."""
+    job_id = insert_job(conn)
+    conn.execute("UPDATE jobwire_jobs SET priority = 7 WHERE id = %s", (job_id,))
+    token = lease(conn, job_id)
+    conn.execute("UPDATE jobwire_jobs SET lease_deadline = now() + interval '1 minute' "
+                 "WHERE id = %s", (job_id,))
+    state = conn.execute(
+        "SELECT jobwire_end_attempt(%s, %s, false, false, true, NULL, 'x', 'k', '')",
+        (job_id, token),
+    ).fetchone()
+    assert state == ("PENDING",)
+    stamps = conn.execute(
+        "SELECT updated_at > created_at FROM jobwire_jobs WHERE id = %s", (job_id,)
+    ).fetchone()
+    assert stamps == (True,)

@@ -68,7 +68,8 @@ WITH picked AS (
         lease_token = gen_random_uuid(),
         lease_deadline = now() + j.lease_timeout,
         worker_id = %(worker_id)s,
-        started_at = coalesce(j.started_at, now())
+        started_at = coalesce(j.started_at, now()),
+        updated_at = clock_timestamp()
     FROM picked WHERE j.id = picked.id
     RETURNING j.*
 ), history AS (
@@ -92,7 +93,8 @@ WITH input AS (
         lease_deadline = NULL,
         error_message = NULL,
         error_kind = NULL,
-        error_details = NULL
+        error_details = NULL,
+        updated_at = clock_timestamp()
     FROM input i
     WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
     RETURNING j.id, j.attempt, i.token
@@ -113,7 +115,8 @@ FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(release)s::bool[], %(retryable)
 -- name: extend_leases
 UPDATE jobwire_jobs j SET
     lease_deadline = now() + coalesce(i.extend_by, j.lease_timeout),
-    worker_id = coalesce(i.worker_id, j.worker_id)
+    worker_id = coalesce(i.worker_id, j.worker_id),
+    updated_at = clock_timestamp()
 FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(extend_by)s::interval[],
             %(worker_id)s::text[]) AS i(id, token, extend_by, worker_id)
 WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
@@ -145,7 +148,8 @@ FROM expired
 -- name: pull_in_leases
 -- A worker's stream ended: its leases end soon unless it comes back and extends them.
 -- Leases a newer stream of the same worker has extended since are kept.
-UPDATE jobwire_jobs SET lease_deadline = least(lease_deadline, now() + %(grace)s::interval)
+UPDATE jobwire_jobs SET lease_deadline = least(lease_deadline, now() + %(grace)s::interval),
+                        updated_at = clock_timestamp()
 WHERE state = 'RUNNING' AND worker_id = %(worker_id)s AND id <> ALL(%(keep)s::uuid[])
 
 -- name: cancel_job
@@ -159,7 +163,8 @@ UPDATE jobwire_jobs SET
     error_kind = CASE WHEN state = 'PENDING' THEN 'cancelled' ELSE error_kind END,
     error_details = CASE WHEN state = 'PENDING' THEN '' ELSE error_details END,
     cancel_requested = (state = 'RUNNING'),
-    cancel_reason = %(reason)s
+    cancel_reason = %(reason)s,
+    updated_at = clock_timestamp()
 WHERE id = %(id)s AND state IN ('PENDING', 'RUNNING') AND NOT cancel_requested
 RETURNING *
 
