@@ -74,6 +74,7 @@ class Scheduler:
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._leases: LeasesService | None = None
+        self._jobs: JobsService | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port: int = 0
         self._stopped = False
@@ -102,17 +103,15 @@ class Scheduler:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
-        jobs_pb2_grpc.add_JobsServicer_to_server(
-            JobsService(
-                self.store,
-                self.dispatcher,
-                self.changes,
-                PageTokens(secret),
-                limits=limits,
-                watch_poll_interval=self.settings.watch_poll_interval,
-            ),
-            server,
+        self._jobs = JobsService(
+            self.store,
+            self.dispatcher,
+            self.changes,
+            PageTokens(secret),
+            limits=limits,
+            watch_poll_interval=self.settings.watch_poll_interval,
         )
+        jobs_pb2_grpc.add_JobsServicer_to_server(self._jobs, server)
         self._leases = LeasesService(
             self.store,
             self.dispatcher,
@@ -158,6 +157,8 @@ class Scheduler:
             await self._server.stop(grace)
         if self._leases is not None:
             await self._leases.close()
+        if self._jobs is not None:
+            await self._jobs.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
