@@ -19,7 +19,7 @@ T = TypeVar("T")
 def wait_for(
     condition: Callable[[], T | None],
     *,
-    timeout: float = 10.0,
+    timeout: float = 15.0,
     interval: float = 0.02,
     message: str = "condition",
 ) -> T:

@@ -21,6 +21,8 @@ from google.protobuf.duration_pb2 import Duration
 from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc
 from jobwire.worker import JobContext, Worker, register_builtins
 
+from tests.support import wait_for
+
 T = TypeVar("T")
 
 PENDING = job_pb2.JOB_STATE_PENDING
@@ -29,20 +31,6 @@ SUCCEEDED = job_pb2.JOB_STATE_SUCCEEDED
 FAILED = job_pb2.JOB_STATE_FAILED
 CANCELLED = job_pb2.JOB_STATE_CANCELLED
 TERMINAL = {SUCCEEDED, FAILED, CANCELLED}
-
-
-def eventually(
-    condition: Callable[[], T | None], *, timeout: float = 15.0, what: str = "condition"
-) -> T:
-    """Polls `condition` until it returns something truthy, failing after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Producer:
@@ -90,7 +78,7 @@ class Producer:
                 )
             return None
 
-        return eventually(reached, timeout=timeout, what=f"job {job_id} to be {names}")
+        return wait_for(reached, timeout=timeout, message=f"job {job_id} to be {names}")
 
     def close(self) -> None:
         self.channel.close()
@@ -112,7 +100,7 @@ class WorkerThread:
 
     def start(self) -> WorkerThread:
         self._thread.start()
-        eventually(lambda: self.worker.connected, what="the worker to connect")
+        wait_for(lambda: self.worker.connected, message="the worker to connect")
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -136,9 +124,7 @@ def producer(scheduler: Any) -> Iterator[Producer]:
 def start_worker(scheduler: Any) -> Iterator[Callable[..., WorkerThread]]:
     started: list[WorkerThread] = []
 
-    def start(
-        setup: Callable[[Worker], None] | None = None, **kwargs: Any
-    ) -> WorkerThread:
+    def start(setup: Callable[[Worker], None] | None = None, **kwargs: Any) -> WorkerThread:
         kwargs.setdefault("concurrency", 4)
         worker = Worker(scheduler.target, **kwargs)
         register_builtins(worker)
@@ -169,7 +155,7 @@ def test_uppercase_end_to_end(
     assert job.attempt == 1
     assert [a.worker_id for a in job.attempts] == [running.worker.worker_id]
     assert job.attempts[0].outcome == job_pb2.ATTEMPT_OUTCOME_SUCCEEDED
-    eventually(lambda: running.worker.unsettled_outcomes == 0, what="the ack to be confirmed")
+    wait_for(lambda: running.worker.unsettled_outcomes == 0, message="the ack to be confirmed")
 
 
 def test_many_jobs_within_the_concurrency(
@@ -251,13 +237,13 @@ def test_cancelling_a_running_text_job_stops_it(
     running = start_worker()
     job_id = producer.submit("text", {"text": "a long line of text"})
     producer.wait_state(job_id, RUNNING)
-    eventually(lambda: running.worker.active_jobs == 1, what="the handler to start")
+    wait_for(lambda: running.worker.active_jobs == 1, message="the handler to start")
     started = time.monotonic()
     producer.cancel(job_id)
     job = producer.wait_state(job_id, CANCELLED, timeout=10)
     assert time.monotonic() - started < 8  # far sooner than the 19 s the text takes
     assert job.attempts[-1].outcome == job_pb2.ATTEMPT_OUTCOME_CANCELLED
-    eventually(lambda: running.worker.active_jobs == 0, what="the handler to stop")
+    wait_for(lambda: running.worker.active_jobs == 0, message="the handler to stop")
 
 
 def test_cancel_reaches_a_plain_handler_through_its_context(
@@ -329,7 +315,7 @@ def test_shutdown_hands_back_jobs_beyond_the_grace(
     running = start_worker(drain_grace=0.5)
     job_id = producer.submit("text", {"text": "abcdefghij"})
     producer.wait_state(job_id, RUNNING)
-    eventually(lambda: running.worker.active_jobs == 1, what="the handler to start")
+    wait_for(lambda: running.worker.active_jobs == 1, message="the handler to start")
     running.stop()
     assert running.worker.unsettled_outcomes == 0
     job = producer.get(job_id)
@@ -358,7 +344,7 @@ def test_hand_back_now_skips_the_grace(
     running = start_worker(drain_grace=60)
     job_id = producer.submit("text", {"text": "abcdefghij"})
     producer.wait_state(job_id, RUNNING)
-    eventually(lambda: running.worker.active_jobs == 1, what="the handler to start")
+    wait_for(lambda: running.worker.active_jobs == 1, message="the handler to start")
     started = time.monotonic()
     running.worker.hand_back_now()
     running.stop()
@@ -394,7 +380,7 @@ def test_a_lost_lease_stops_the_handler_without_reporting(
     job = producer.wait_state(job_id, FAILED)
     assert job.error.kind == "lease_expired"
     assert cancelled.wait(10)
-    eventually(lambda: running.worker.active_jobs == 0, what="the attempt to be dropped")
+    wait_for(lambda: running.worker.active_jobs == 0, message="the attempt to be dropped")
     assert running.worker.unsettled_outcomes == 0
     assert producer.get(job_id).attempts[0].outcome == job_pb2.ATTEMPT_OUTCOME_LEASE_EXPIRED
 
@@ -427,20 +413,20 @@ def test_outcome_reached_while_the_scheduler_is_down_is_sent_after_it_returns(
     running = start_worker(setup)
     job_id = producer.submit("gate", {}, lease_timeout=Duration(seconds=30))
     producer.wait_state(job_id, RUNNING)
-    eventually(lambda: running.worker.active_jobs == 1, what="the handler to start")
+    wait_for(lambda: running.worker.active_jobs == 1, message="the handler to start")
 
     scheduler.stop()
-    eventually(lambda: not running.worker.connected, what="the worker to notice")
+    wait_for(lambda: not running.worker.connected, message="the worker to notice")
     proceed.set()
-    eventually(lambda: running.worker.active_jobs == 0, what="the handler to finish")
+    wait_for(lambda: running.worker.active_jobs == 0, message="the handler to finish")
     assert running.worker.unsettled_outcomes == 1
     scheduler.start()
 
-    eventually(lambda: running.worker.connected, what="the worker to reconnect")
+    wait_for(lambda: running.worker.connected, message="the worker to reconnect")
     job = producer.wait_state(job_id, SUCCEEDED)
     assert job.attempt == 1  # the lease was kept across the outage
     assert json.loads(job.result.data) == "through"
-    eventually(lambda: running.worker.unsettled_outcomes == 0, what="the ack to be confirmed")
+    wait_for(lambda: running.worker.unsettled_outcomes == 0, message="the ack to be confirmed")
 
 
 def test_running_job_survives_a_scheduler_restart(
@@ -480,13 +466,13 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_connected(self) -> None:
-        eventually(lambda: "connected to" in self.log(), what="the worker process to connect")
+        wait_for(lambda: "connected to" in self.log(), message="the worker process to connect")
 
     def wait_started(self, job_id: str) -> None:
         # RUNNING in the database precedes the job's arrival at the worker.
-        eventually(
+        wait_for(
             lambda: f"{job_id} attempt 1] started" in self.log(),
-            what=f"the worker to start job {job_id}",
+            message=f"the worker to start job {job_id}",
         )
 
     def terminate_and_wait(self, timeout: float = 30.0) -> int:

@@ -110,23 +110,13 @@ CREATE UNIQUE INDEX jobwire_attempts_one_live ON jobwire_attempts (job_id) WHERE
 ALTER TABLE jobwire_attempts SET (autovacuum_vacuum_scale_factor = 0.02, fillfactor = 80);
 
 -- Terminal states are final; what a producer submitted never changes; only the
--- transitions of the state machine are allowed.
+-- transitions of the state machine are allowed. The WHEN condition is evaluated without
+-- PL/pgSQL, so ordinary updates on the hot paths (leasing, acks) never call the function:
+-- it runs only to raise. Statements stamp updated_at themselves.
 CREATE FUNCTION jobwire_guard_job() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF OLD.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN
         RAISE EXCEPTION 'job % is % and final', OLD.id, OLD.state
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF (NEW.id, NEW.queue, NEW.type, NEW.tenant, NEW.payload, NEW.payload_type,
-        NEW.max_attempts, NEW.idempotency_key, NEW.created_at, NEW.retried_from, NEW.trace_id)
-       IS DISTINCT FROM
-       (OLD.id, OLD.queue, OLD.type, OLD.tenant, OLD.payload, OLD.payload_type,
-        OLD.max_attempts, OLD.idempotency_key, OLD.created_at, OLD.retried_from, OLD.trace_id) THEN
-        RAISE EXCEPTION 'write-once fields of job % cannot change', OLD.id
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF OLD.started_at IS NOT NULL AND NEW.started_at IS DISTINCT FROM OLD.started_at THEN
-        RAISE EXCEPTION 'started_at of job % cannot change', OLD.id
             USING ERRCODE = 'check_violation';
     END IF;
     IF NEW.state IS DISTINCT FROM OLD.state AND NOT (
@@ -139,13 +129,34 @@ BEGIN
     IF NEW.attempt < OLD.attempt THEN
         RAISE EXCEPTION 'attempt of job % cannot go back', OLD.id USING ERRCODE = 'check_violation';
     END IF;
-    NEW.updated_at := clock_timestamp();
-    RETURN NEW;
+    IF OLD.started_at IS NOT NULL AND NEW.started_at IS DISTINCT FROM OLD.started_at THEN
+        RAISE EXCEPTION 'started_at of job % cannot change', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RAISE EXCEPTION 'write-once fields of job % cannot change', OLD.id
+        USING ERRCODE = 'check_violation';
 END
 $$;
 
 CREATE TRIGGER jobwire_guard_job BEFORE UPDATE ON jobwire_jobs
-    FOR EACH ROW EXECUTE FUNCTION jobwire_guard_job();
+    FOR EACH ROW
+    WHEN (
+        OLD.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED')
+        OR (NEW.state IS DISTINCT FROM OLD.state AND NOT (
+            (OLD.state = 'PENDING' AND NEW.state IN ('RUNNING', 'CANCELLED')) OR
+            (OLD.state = 'RUNNING' AND NEW.state IN ('PENDING', 'SUCCEEDED', 'FAILED', 'CANCELLED'))
+        ))
+        OR NEW.attempt < OLD.attempt
+        OR (OLD.started_at IS NOT NULL AND NEW.started_at IS DISTINCT FROM OLD.started_at)
+        OR (NEW.id, NEW.queue, NEW.type, NEW.tenant, NEW.payload, NEW.payload_type,
+            NEW.max_attempts, NEW.idempotency_key, NEW.created_at, NEW.retried_from,
+            NEW.trace_id)
+           IS DISTINCT FROM
+           (OLD.id, OLD.queue, OLD.type, OLD.tenant, OLD.payload, OLD.payload_type,
+            OLD.max_attempts, OLD.idempotency_key, OLD.created_at, OLD.retried_from,
+            OLD.trace_id)
+    )
+    EXECUTE FUNCTION jobwire_guard_job();
 
 -- A settled attempt is history: it never changes again.
 CREATE FUNCTION jobwire_guard_attempt() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -235,7 +246,8 @@ BEGIN
         -- A hand-back is no failure: the job keeps the error it had.
         error_message = CASE WHEN v_outcome = 'RELEASED' THEN error_message ELSE err_message END,
         error_kind = CASE WHEN v_outcome = 'RELEASED' THEN error_kind ELSE err_kind END,
-        error_details = CASE WHEN v_outcome = 'RELEASED' THEN error_details ELSE err_details END
+        error_details = CASE WHEN v_outcome = 'RELEASED' THEN error_details ELSE err_details END,
+        updated_at = clock_timestamp()
     WHERE id = p_id;
 
     UPDATE jobwire_attempts SET
