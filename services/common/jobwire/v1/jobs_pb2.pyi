@@ -159,7 +159,7 @@ class ListRequest(_message.Message):
     type: _builtins.str
     """Only jobs of this type; empty for all."""
     tenant: _builtins.str
-    """Only jobs of this tenant; empty for all the caller may see."""
+    """Only jobs of this tenant; empty for all the caller may see. At most 128 characters."""
     page_size: _builtins.int
     """1 to 500; 0 means 50."""
     page_token: _builtins.str
@@ -287,7 +287,7 @@ class CancelRequest(_message.Message):
     id: _builtins.str
     """Job id (UUID)."""
     reason: _builtins.str
-    """Why, recorded in the job's error. At most 1024 characters."""
+    """Why, recorded in the job's error. At most 1024 characters, no NUL."""
     def __init__(
         self,
         *,

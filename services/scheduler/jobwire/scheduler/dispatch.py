@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 from jobwire.v1 import leases_pb2
@@ -46,10 +47,16 @@ class Session:
     # Jobs this stream holds a lease on, to route cancel notices: job id -> lease token.
     held: dict[UUID, UUID] = field(default_factory=dict)
     cancels_sent: set[UUID] = field(default_factory=set)
+    # Outcomes and extensions being written, whose answers are still to be sent.
+    in_flight: set[asyncio.Future[Any]] = field(default_factory=set)
 
     @property
     def wants_jobs(self) -> bool:
         return self.credit > 0 and not self.draining and not self.closed
+
+    def track(self, future: asyncio.Future[Any]) -> None:
+        self.in_flight.add(future)
+        future.add_done_callback(self.in_flight.discard)
 
     def send(self, message: leases_pb2.LeaseResponse) -> None:
         if not self.closed:

@@ -128,7 +128,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             queue=validation.name(request.queue, "queue") if request.queue else None,
             type=validation.name(request.type, "type") if request.type else None,
             states=tuple(states),
-            tenant=request.tenant or None,
+            tenant=validation.text(request.tenant, "tenant", 128) or None,
         )
         filters_key = repr((filt.queue, filt.type, sorted(s.value for s in states), filt.tenant))
         after = None
@@ -173,8 +173,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self, request: jobs_pb2.CancelRequest, context: Context
     ) -> jobs_pb2.CancelResponse:
         job_id = validation.job_id(request.id)
-        if len(request.reason) > 1024:
-            raise InvalidArgument("reason: is longer than 1024 characters")
+        validation.text(request.reason, "reason", 1024)
         job, tell_worker = await self._store.cancel(job_id, request.reason)
         if tell_worker:
             self._dispatcher.notify_cancel(job_id, request.reason)

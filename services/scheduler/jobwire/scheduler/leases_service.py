@@ -130,6 +130,10 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         try:
             async for message in requests:
                 await self._handle(message, session)
+            # The worker half-closed: answer everything it sent before the stream ends.
+            if session.in_flight:
+                await asyncio.wait(set(session.in_flight), timeout=30)
+                await asyncio.sleep(0)  # let the answers' callbacks run first
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception:  # the stream must end rather than hang on a bug
@@ -200,6 +204,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
                 self._dispatcher.wake()  # the job may be ready again
             session.send(_answer(result, error))
 
+        session.track(future)
         future.add_done_callback(settled)
 
     def _extend(self, session: Session, item: leases_pb2.ExtendItem, where: str) -> None:
@@ -226,6 +231,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             else:
                 session.send(_answer(result, outcome))
 
+        session.track(future)
         future.add_done_callback(extended)
 
     # -- group commit ---------------------------------------------------------------------

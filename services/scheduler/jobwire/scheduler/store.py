@@ -390,7 +390,9 @@ class Store:
                     "token": [i.lease_token for i in missed],
                 },
             )
-            refusals = [_refusal(r, same_outcome) for r in rows]
+            explained = {(r["id"], r["token"]): _refusal(r, same_outcome) for r in rows}
+            # In the order of the request: the first refused item decides an atomic call.
+            refusals = [explained[(i.job_id, i.lease_token)] for i in missed]
             if atomic:
                 first = next((r for r in refusals if r.error is not None), None)
                 if first is not None and first.error is not None:

@@ -19,7 +19,12 @@ from jobwire.v1 import job_pb2, leases_pb2
 from .errors import InvalidArgument
 from .model import Ack, Backoff, ErrorInfo, Extension, Nack, NewJob
 
-NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+# The canonical text form only: uuid.UUID() alone also takes braces, URNs, Unicode digits
+# and stray hyphens, which would make different strings name the same job.
+UUID_TEXT = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 MAX_BATCH = 1000
 
 
@@ -49,28 +54,32 @@ def _fail(where: str, message: str) -> InvalidArgument:
 
 
 def name(value: str, where: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         shown = value if len(value) <= 40 else value[:40] + "…"
         raise _fail(where, f"{shown!r} must be 1-128 characters of letters, digits and _.:- ")
     return value
 
 
 def job_id(value: str, where: str = "id") -> UUID:
-    try:
-        return UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        raise _fail(where, f"{value[:64]!r} is not a UUID") from None
+    if not UUID_TEXT.fullmatch(value):
+        raise _fail(where, f"{value[:64]!r} is not a UUID (8-4-4-4-12 hexadecimal digits)")
+    return UUID(value)
 
 
 def _duration(value: Duration, where: str, *, low: timedelta, high: timedelta) -> timedelta:
     if value.nanos < -999_999_999 or value.nanos > 999_999_999 or (value.seconds * value.nanos < 0):
         raise _fail(where, "is not a valid duration")
-    if abs(value.seconds) > 10 * 365 * 86400:
-        raise _fail(where, f"must be between {low} and {high}")
-    delta = value.ToTimedelta()
-    if delta < low or delta > high:
-        raise _fail(where, f"must be between {low} and {high}, got {delta}")
-    return delta
+    # Compared in whole nanoseconds: timedelta would round 1 ns past a bound away.
+    nanos = value.seconds * 1_000_000_000 + value.nanos
+    if not _nanos(low) <= nanos <= _nanos(high):
+        raise _fail(
+            where, f"must be between {low} and {high}, got {value.seconds}s {value.nanos}ns"
+        )
+    return value.ToTimedelta()
+
+
+def _nanos(delta: timedelta) -> int:
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 def _timestamp(value: Timestamp, where: str) -> datetime:
@@ -79,7 +88,7 @@ def _timestamp(value: Timestamp, where: str) -> datetime:
     return value.ToDatetime(tzinfo=UTC)
 
 
-def _text(value: str, where: str, limit: int) -> str:
+def text(value: str, where: str, limit: int) -> str:
     if len(value) > limit:
         raise _fail(where, f"is longer than {limit} characters")
     if "\x00" in value:
@@ -119,7 +128,7 @@ def new_job(
             f"{where}.payload",
             f"is {len(payload)} bytes; the limit is {limits.max_payload_bytes} bytes",
         )
-    content_type = _text(
+    content_type = text(
         spec.payload.content_type, f"{where}.payload.content_type", limits.max_content_type
     )
     if not -limits.max_priority <= spec.priority <= limits.max_priority:
@@ -182,12 +191,12 @@ def new_job(
             )
             or None
         )
-    key = _text(spec.idempotency_key, f"{where}.idempotency_key", limits.max_key_length) or None
+    key = text(spec.idempotency_key, f"{where}.idempotency_key", limits.max_key_length) or None
     if len(spec.labels) > limits.max_labels:
         raise _fail(f"{where}.labels", f"has more than {limits.max_labels} entries")
     for k, v in spec.labels.items():
-        _text(k, f"{where}.labels key", 64)
-        _text(v, f"{where}.labels[{k!r}]", 256)
+        text(k, f"{where}.labels key", 64)
+        text(v, f"{where}.labels[{k!r}]", 256)
         if not k:
             raise _fail(f"{where}.labels", "keys must not be empty")
     return NewJob(
@@ -216,7 +225,7 @@ def ack(item: leases_pb2.AckItem, where: str, limits: Limits) -> Ack:
     jid, token = _lease_ref(item.job_id, item.lease_token, where)
     if len(item.result.data) > limits.max_payload_bytes:
         raise _fail(f"{where}.result", f"is larger than {limits.max_payload_bytes} bytes")
-    content_type = _text(
+    content_type = text(
         item.result.content_type, f"{where}.result.content_type", limits.max_content_type
     )
     return Ack(job_id=jid, lease_token=token, result=item.result.data, result_type=content_type)
@@ -224,7 +233,7 @@ def ack(item: leases_pb2.AckItem, where: str, limits: Limits) -> Ack:
 
 def nack(item: leases_pb2.NackItem, where: str, limits: Limits) -> Nack:
     jid, token = _lease_ref(item.job_id, item.lease_token, where)
-    message = _text(item.error.message, f"{where}.error.message", limits.max_error_message)
+    message = text(item.error.message, f"{where}.error.message", limits.max_error_message)
     if not message and not item.release:
         raise _fail(f"{where}.error.message", "is required unless release is set")
     delay = None
@@ -237,8 +246,8 @@ def nack(item: leases_pb2.NackItem, where: str, limits: Limits) -> Nack:
         lease_token=token,
         error=ErrorInfo(
             message=message or "handed back",
-            kind=_text(item.error.kind, f"{where}.error.kind", 128),
-            details=_text(item.error.details, f"{where}.error.details", limits.max_error_details),
+            kind=text(item.error.kind, f"{where}.error.kind", 128),
+            details=text(item.error.details, f"{where}.error.details", limits.max_error_details),
         ),
         retryable=item.retryable,
         retry_delay=delay,
