@@ -4,6 +4,7 @@ PostgreSQL restarted under load. Afterwards every accepted job is accounted for.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -213,3 +214,19 @@ def test_postgres_restart_under_load(tmp_path: Path) -> None:
         worker.stop()
         scheduler.stop()
         postgres.stop()
+
+
+def test_scheduler_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> None:
+    scheduler = SchedulerProcess(database_url, tmp_path / "scheduler.log")
+    worker = WorkerProcess(scheduler.target, tmp_path / "worker.log", worker_id="w")
+    try:
+        with psycopg.connect(database_url) as conn:
+            wait_for(lambda: "connected" in scheduler.output(), message="worker connected")
+            scheduler.signal(signal.SIGTERM)
+            assert scheduler.wait(30) == 0, scheduler.output()
+            assert "scheduler stopping" in scheduler.output()
+            # A graceful stop keeps the workers' leases whole: nothing was pulled in.
+            row = conn.execute("SELECT count(*) FROM jobwire_jobs").fetchone()
+            assert row == (0,)
+    finally:
+        worker.stop()

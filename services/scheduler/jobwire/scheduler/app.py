@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
 from uuid import UUID
@@ -139,10 +140,6 @@ class Scheduler:
         ]
         log.info("scheduler listening on %s", self.target)
 
-    async def wait(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
     async def stop(self, grace: float = 5.0) -> None:
         if self._stopped:
             return
@@ -250,10 +247,15 @@ class Scheduler:
 
 
 async def serve(settings: Settings) -> None:
-    """Runs a scheduler until cancelled."""
+    """Runs a scheduler until SIGTERM or SIGINT, then stops it gracefully."""
     scheduler = Scheduler(settings)
     await scheduler.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await scheduler.wait()
+        await stop.wait()
+        log.info("scheduler stopping")
     finally:
         await scheduler.stop()
