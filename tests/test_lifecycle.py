@@ -109,3 +109,20 @@ def test_batched_stream_messages(scheduler: SchedulerThread) -> None:
     for job_id in ids:
         job = scheduler.jobs().Get(jobs_pb2.GetRequest(id=job_id)).job
         assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_submit_ids_only(scheduler: SchedulerThread) -> None:
+    stub = scheduler.jobs()
+    keyed = job_pb2.JobSpec(type="echo", idempotency_key="same")
+    first = stub.Submit(
+        jobs_pb2.SubmitRequest(
+            jobs=[keyed] * 2 + [job_pb2.JobSpec(type="echo")] * 20, ids_only=True
+        )
+    )
+    results = first.results
+    assert len(results) == 22 and all(r.job.id for r in results)
+    assert not results[0].job.HasField("spec") and results[0].job.state == 0
+    assert [r.created for r in results[:2]] == [True, False]
+    assert results[0].job.id == results[1].job.id
+    stored = stub.Get(jobs_pb2.GetRequest(id=results[5].job.id)).job
+    assert stored.spec.type == "echo" and stored.state == job_pb2.JOB_STATE_PENDING

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from jobwire.v1 import job_pb2 as jobwire_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15jobwire/v1/jobs.proto\x12\njobwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x14jobwire/v1/job.proto\"2\n\rSubmitRequest\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.jobwire.v1.JobSpec\";\n\x0eSubmitResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.jobwire.v1.SubmitResult\"=\n\x0cSubmitResult\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.jobwire.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x18\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"+\n\x0bGetResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.jobwire.v1.Job\"\x87\x01\n\x0bListRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12$\n\x06states\x18\x03 \x03(\x0e\x32\x14.jobwire.v1.JobState\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"F\n\x0cListResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.jobwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1a\n\x0cWatchRequest\x12\n\n\x02id\x18\x01 \x01(\t\"r\n\nWatchEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x05\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.jobwire.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x1c\n\x03job\x18\x04 \x01(\x0b\x32\x0f.jobwire.v1.Job\"+\n\rCancelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x0e\x43\x61ncelResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.jobwire.v1.Job\"\x1a\n\x0cRetryRequest\x12\n\n\x02id\x18\x01 \x01(\t\"-\n\rRetryResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.jobwire.v1.Job\"\x1d\n\x0cStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\xd4\x01\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x03\x12\x11\n\tscheduled\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x03\x12\x11\n\tsucceeded\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x11\n\tcancelled\x18\x07 \x01(\x03\x12\x33\n\x10oldest_ready_age\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x63onnected_workers\x18\t \x01(\x05\"7\n\rStatsResponse\x12&\n\x06queues\x18\x01 \x03(\x0b\x32\x16.jobwire.v1.QueueStats2\xb4\x03\n\x04Jobs\x12?\n\x06Submit\x12\x19.jobwire.v1.SubmitRequest\x1a\x1a.jobwire.v1.SubmitResponse\x12\x36\n\x03Get\x12\x16.jobwire.v1.GetRequest\x1a\x17.jobwire.v1.GetResponse\x12\x39\n\x04List\x12\x17.jobwire.v1.ListRequest\x1a\x18.jobwire.v1.ListResponse\x12;\n\x05Watch\x12\x18.jobwire.v1.WatchRequest\x1a\x16.jobwire.v1.WatchEvent0\x01\x12?\n\x06\x43\x61ncel\x12\x19.jobwire.v1.CancelRequest\x1a\x1a.jobwire.v1.CancelResponse\x12<\n\x05Retry\x12\x18.jobwire.v1.RetryRequest\x1a\x19.jobwire.v1.RetryResponse\x12<\n\x05Stats\x12\x18.jobwire.v1.StatsRequest\x1a\x19.jobwire.v1.StatsResponseB8Z6github.com/jobwire/jobwire/gen/go/jobwire/v1;jobwirev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15jobwire/v1/jobs.proto\x12\njobwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x14jobwire/v1/job.proto\"D\n\rSubmitRequest\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.jobwire.v1.JobSpec\x12\x10\n\x08ids_only\x18\x02 \x01(\x08\";\n\x0eSubmitResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.jobwire.v1.SubmitResult\"=\n\x0cSubmitResult\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.jobwire.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x18\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"+\n\x0bGetResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.jobwire.v1.Job\"\x87\x01\n\x0bListRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12$\n\x06states\x18\x03 \x03(\x0e\x32\x14.jobwire.v1.JobState\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"F\n\x0cListResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.jobwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1a\n\x0cWatchRequest\x12\n\n\x02id\x18\x01 \x01(\t\"r\n\nWatchEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x05\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.jobwire.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x1c\n\x03job\x18\x04 \x01(\x0b\x32\x0f.jobwire.v1.Job\"+\n\rCancelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x0e\x43\x61ncelResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.jobwire.v1.Job\"\x1a\n\x0cRetryRequest\x12\n\n\x02id\x18\x01 \x01(\t\"-\n\rRetryResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.jobwire.v1.Job\"\x1d\n\x0cStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\xd4\x01\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x03\x12\x11\n\tscheduled\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x03\x12\x11\n\tsucceeded\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x11\n\tcancelled\x18\x07 \x01(\x03\x12\x33\n\x10oldest_ready_age\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x63onnected_workers\x18\t \x01(\x05\"7\n\rStatsResponse\x12&\n\x06queues\x18\x01 \x03(\x0b\x32\x16.jobwire.v1.QueueStats2\xb4\x03\n\x04Jobs\x12?\n\x06Submit\x12\x19.jobwire.v1.SubmitRequest\x1a\x1a.jobwire.v1.SubmitResponse\x12\x36\n\x03Get\x12\x16.jobwire.v1.GetRequest\x1a\x17.jobwire.v1.GetResponse\x12\x39\n\x04List\x12\x17.jobwire.v1.ListRequest\x1a\x18.jobwire.v1.ListResponse\x12;\n\x05Watch\x12\x18.jobwire.v1.WatchRequest\x1a\x16.jobwire.v1.WatchEvent0\x01\x12?\n\x06\x43\x61ncel\x12\x19.jobwire.v1.CancelRequest\x1a\x1a.jobwire.v1.CancelResponse\x12<\n\x05Retry\x12\x18.jobwire.v1.RetryRequest\x1a\x19.jobwire.v1.RetryResponse\x12<\n\x05Stats\x12\x18.jobwire.v1.StatsRequest\x1a\x19.jobwire.v1.StatsResponseB8Z6github.com/jobwire/jobwire/gen/go/jobwire/v1;jobwirev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,37 +35,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z6github.com/jobwire/jobwire/gen/go/jobwire/v1;jobwirev1'
   _globals['_SUBMITREQUEST']._serialized_start=91
-  _globals['_SUBMITREQUEST']._serialized_end=141
-  _globals['_SUBMITRESPONSE']._serialized_start=143
-  _globals['_SUBMITRESPONSE']._serialized_end=202
-  _globals['_SUBMITRESULT']._serialized_start=204
-  _globals['_SUBMITRESULT']._serialized_end=265
-  _globals['_GETREQUEST']._serialized_start=267
-  _globals['_GETREQUEST']._serialized_end=291
-  _globals['_GETRESPONSE']._serialized_start=293
-  _globals['_GETRESPONSE']._serialized_end=336
-  _globals['_LISTREQUEST']._serialized_start=339
-  _globals['_LISTREQUEST']._serialized_end=474
-  _globals['_LISTRESPONSE']._serialized_start=476
-  _globals['_LISTRESPONSE']._serialized_end=546
-  _globals['_WATCHREQUEST']._serialized_start=548
-  _globals['_WATCHREQUEST']._serialized_end=574
-  _globals['_WATCHEVENT']._serialized_start=576
-  _globals['_WATCHEVENT']._serialized_end=690
-  _globals['_CANCELREQUEST']._serialized_start=692
-  _globals['_CANCELREQUEST']._serialized_end=735
-  _globals['_CANCELRESPONSE']._serialized_start=737
-  _globals['_CANCELRESPONSE']._serialized_end=783
-  _globals['_RETRYREQUEST']._serialized_start=785
-  _globals['_RETRYREQUEST']._serialized_end=811
-  _globals['_RETRYRESPONSE']._serialized_start=813
-  _globals['_RETRYRESPONSE']._serialized_end=858
-  _globals['_STATSREQUEST']._serialized_start=860
-  _globals['_STATSREQUEST']._serialized_end=889
-  _globals['_QUEUESTATS']._serialized_start=892
-  _globals['_QUEUESTATS']._serialized_end=1104
-  _globals['_STATSRESPONSE']._serialized_start=1106
-  _globals['_STATSRESPONSE']._serialized_end=1161
-  _globals['_JOBS']._serialized_start=1164
-  _globals['_JOBS']._serialized_end=1600
+  _globals['_SUBMITREQUEST']._serialized_end=159
+  _globals['_SUBMITRESPONSE']._serialized_start=161
+  _globals['_SUBMITRESPONSE']._serialized_end=220
+  _globals['_SUBMITRESULT']._serialized_start=222
+  _globals['_SUBMITRESULT']._serialized_end=283
+  _globals['_GETREQUEST']._serialized_start=285
+  _globals['_GETREQUEST']._serialized_end=309
+  _globals['_GETRESPONSE']._serialized_start=311
+  _globals['_GETRESPONSE']._serialized_end=354
+  _globals['_LISTREQUEST']._serialized_start=357
+  _globals['_LISTREQUEST']._serialized_end=492
+  _globals['_LISTRESPONSE']._serialized_start=494
+  _globals['_LISTRESPONSE']._serialized_end=564
+  _globals['_WATCHREQUEST']._serialized_start=566
+  _globals['_WATCHREQUEST']._serialized_end=592
+  _globals['_WATCHEVENT']._serialized_start=594
+  _globals['_WATCHEVENT']._serialized_end=708
+  _globals['_CANCELREQUEST']._serialized_start=710
+  _globals['_CANCELREQUEST']._serialized_end=753
+  _globals['_CANCELRESPONSE']._serialized_start=755
+  _globals['_CANCELRESPONSE']._serialized_end=801
+  _globals['_RETRYREQUEST']._serialized_start=803
+  _globals['_RETRYREQUEST']._serialized_end=829
+  _globals['_RETRYRESPONSE']._serialized_start=831
+  _globals['_RETRYRESPONSE']._serialized_end=876
+  _globals['_STATSREQUEST']._serialized_start=878
+  _globals['_STATSREQUEST']._serialized_end=907
+  _globals['_QUEUESTATS']._serialized_start=910
+  _globals['_QUEUESTATS']._serialized_end=1122
+  _globals['_STATSRESPONSE']._serialized_start=1124
+  _globals['_STATSRESPONSE']._serialized_end=1179
+  _globals['_JOBS']._serialized_start=1182
+  _globals['_JOBS']._serialized_end=1618
 # @@protoc_insertion_point(module_scope)

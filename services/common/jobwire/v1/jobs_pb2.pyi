@@ -27,6 +27,11 @@ class SubmitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    IDS_ONLY_FIELD_NUMBER: _builtins.int
+    ids_only: _builtins.bool
+    """Answer with each job's id only (SubmitResult.job has just `id` set): much cheaper
+    for big batches whose producer does not need the stored jobs back.
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobSpec]:
         """1 to 1000 jobs."""
@@ -35,10 +40,11 @@ class SubmitRequest(_message.Message):
         self,
         *,
         jobs: _abc.Iterable[_job_pb2.JobSpec] | None = ...,
+        ids_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids_only", b"ids_only", "jobs", b"jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -80,7 +86,9 @@ class SubmitResult(_message.Message):
     """False when an existing job was returned for a reused idempotency key."""
     @_builtins.property
     def job(self) -> _job_pb2.Job:
-        """The stored job (new, or the existing one with the same idempotency key)."""
+        """The stored job (new, or the existing one with the same idempotency key); only its
+        id when the request set `ids_only`.
+        """
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from jobwire.v1 import jobs_pb2, jobs_pb2_grpc
+from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc
 
 from . import convert, validation
 from .batching import GroupCommit
@@ -87,12 +87,18 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             # Small, key-less submits from many producers share one insert and one commit.
             submitted = await self._small_submits.submit(new)
         else:
-            submitted = await self._store.submit(new)
+            submitted = await self._store.submit(new, full=not request.ids_only)
         if any(s.created for s in submitted):
             self._dispatcher.wake()
         return jobs_pb2.SubmitResponse(
             results=[
-                jobs_pb2.SubmitResult(job=convert.job(s.job), created=s.created) for s in submitted
+                jobs_pb2.SubmitResult(
+                    job=job_pb2.Job(id=str(s.job_id))
+                    if request.ids_only or s.job is None
+                    else convert.job(s.job),
+                    created=s.created,
+                )
+                for s in submitted
             ]
         )
 

@@ -205,8 +205,10 @@ class Job:
 
 @dataclass(frozen=True, kw_only=True)
 class Submitted:
-    job: Job
+    job_id: UUID
     created: bool
+    # The stored job; None when the caller asked for ids only and the job is new.
+    job: Job | None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,3 +20,9 @@ def _load() -> dict[str, LiteralString]:
 
 
 QUERIES = _load()
+
+# Submits whose producer wants ids only: the same insert, without sending every row back.
+assert QUERIES["insert_jobs"].endswith("RETURNING *")
+QUERIES["insert_jobs_returning_id"] = QUERIES["insert_jobs"].removesuffix("RETURNING *") + (
+    "RETURNING id"
+)

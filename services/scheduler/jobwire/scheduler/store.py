@@ -157,8 +157,11 @@ class Store:
 
     # -- producers ------------------------------------------------------------------------
 
-    async def submit(self, jobs: Sequence[NewJob]) -> list[Submitted]:
-        """Inserts all jobs or none; reused idempotency keys return the existing job."""
+    async def submit(self, jobs: Sequence[NewJob], *, full: bool = True) -> list[Submitted]:
+        """Inserts all jobs or none; reused idempotency keys return the existing job.
+
+        With `full=False` new jobs come back as ids only (`Submitted.job` is None).
+        """
         ids = [uuid.uuid4() for _ in jobs]
         digests = [job.digest() if job.idempotency_key else None for job in jobs]
         params = {
@@ -183,10 +186,17 @@ class Store:
             "trace_id": [j.trace_id for j in jobs],
         }
         async with self._transaction() as conn:
-            inserted = {
-                row["id"]: Job.from_row(row)
-                for row in await self._rows(conn, "insert_jobs", params)
-            }
+            inserted: dict[UUID, Job | None] = (
+                {
+                    row["id"]: Job.from_row(row)
+                    for row in await self._rows(conn, "insert_jobs", params)
+                }
+                if full
+                else {
+                    row["id"]: None
+                    for row in await self._rows(conn, "insert_jobs_returning_id", params)
+                }
+            )
             # Rows whose key was taken (by an older job or earlier in this batch).
             skipped = [i for i, job_id in enumerate(ids) if job_id not in inserted]
             existing: dict[tuple[str, str, str], Job] = {}
@@ -207,7 +217,7 @@ class Store:
             results = []
             for i, job in enumerate(jobs):
                 if ids[i] in inserted:
-                    results.append(Submitted(job=inserted[ids[i]], created=True))
+                    results.append(Submitted(job_id=ids[i], job=inserted[ids[i]], created=True))
                     continue
                 key = job.idempotency_key or ""
                 found = existing.get((job.tenant, job.queue, key))
@@ -218,9 +228,11 @@ class Store:
                         f"jobs[{i}]: idempotency key {key!r} of queue {job.queue!r} was used "
                         f"for a different job ({found.id})"
                     )
-                results.append(Submitted(job=found, created=False))
+                results.append(Submitted(job_id=found.id, job=found, created=False))
             if inserted:
-                queues = sorted({job.queue for job in inserted.values()})
+                queues = sorted(
+                    {jobs[i].queue for i, job_id in enumerate(ids) if job_id in inserted}
+                )
                 await conn.execute(QUERIES["notify_submitted"], {"queues": queues})
         return results
 
