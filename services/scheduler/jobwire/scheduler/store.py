@@ -387,9 +387,12 @@ class Store:
     ) -> list[Refusal]:
         """Applies a guarded batch and explains every item it did not apply.
 
-        Atomic batches are rolled back whole when any item is refused.
+        Atomic batches are rolled back whole when any item is refused. Others (the stream's
+        group commits, on the hot path) need no transaction around the guarded statement:
+        it is atomic by itself, and what explains a refusal (which attempt a token named,
+        how it ended) is history that no longer changes.
         """
-        async with self._transaction() as conn:
+        async with self._transaction() if atomic else self._conn() as conn:
             applied: set[tuple[UUID, UUID]] = await run(conn)
             missed = [i for i in items if (i.job_id, i.lease_token) not in applied]
             if not missed:
