@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -22,12 +20,9 @@ from jobwire.v1 import leases_pb2
 
 from . import convert
 from .errors import SchedulerError
-from .model import Job
 from .store import Store
 
 log = logging.getLogger(__name__)
-
-_session_ids = itertools.count(1)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -40,7 +35,6 @@ class Session:
     credit: int
     # The worker reads LeasedJobs and SettleResults (several items per message).
     batches: bool = False
-    number: int = field(default_factory=lambda: next(_session_ids))
     draining: bool = False
     closed: bool = False
     outbox: asyncio.Queue[leases_pb2.LeaseResponse | None] = field(default_factory=asyncio.Queue)
@@ -102,13 +96,11 @@ class Dispatcher:
         *,
         poll_interval: float,
         stream_grace: timedelta,
-        on_leased: Callable[[Job], None] | None = None,
     ) -> None:
         self._store = store
         self._changes = changes
         self._poll_interval = poll_interval
         self._stream_grace = stream_grace
-        self._on_leased = on_leased
         self._sessions: list[Session] = []
         self._wake = asyncio.Event()
         self._holders: dict[UUID, Session] = {}
@@ -216,5 +208,3 @@ class Dispatcher:
                         )
                     )
                     self._changes.changed(job.id)
-                    if self._on_leased is not None:
-                        self._on_leased(job)
