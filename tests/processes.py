@@ -25,13 +25,18 @@ def free_port() -> int:
         return port
 
 
+# Text logs, which the tests read, and no operators' HTTP port (whose fixed default port
+# would clash between processes); a test that wants them sets them again.
+QUIET = {"JOBWIRE_LOG_FORMAT": "text", "JOBWIRE_HTTP_PORT": "0", "JOBWIRE_WORKER_HTTP_PORT": "0"}
+
+
 class Process:
     """A `jobwire` command in its own process; output goes to `log`."""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.log = log
-        self._env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
+        self._env = {**os.environ, **QUIET, **(env or {}), "PYTHONPATH": str(ROOT)}
         self.popen: subprocess.Popen[bytes] | None = None
         self.start()
 

@@ -21,6 +21,7 @@ from google.protobuf.duration_pb2 import Duration
 from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc
 from jobwire.worker import JobContext, Worker, register_builtins
 
+from tests.processes import QUIET
 from tests.support import wait_for
 
 T = TypeVar("T")
@@ -454,7 +455,7 @@ class WorkerProcess:
     def __init__(self, target: str, log_path: Path, *args: str) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **QUIET, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jobwire.cli.main", "worker", "--target", target, *args],
             stdout=self._log,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from jobwire.cli.options import env_flag
+from jobwire.ops.logs import LOG_FORMATS
+from jobwire.ops.logs import configure as configure_logs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
         env="JOBWIRE_LOG_LEVEL",
         default="INFO",
         help="DEBUG, INFO, WARNING or ERROR",
+    )
+    env_flag(
+        parser,
+        "--log-format",
+        env="JOBWIRE_LOG_FORMAT",
+        default="json",
+        choices=LOG_FORMATS,
+        help="json: one object per line, for log collectors; text: for people",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -39,11 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logs(args.log_level, args.log_format)
     try:
         return int(args.func(args))
     except ModuleNotFoundError as exc:

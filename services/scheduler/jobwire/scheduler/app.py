@@ -14,11 +14,13 @@ from uuid import UUID
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from jobwire.ops.http import OpsServer
 from jobwire.v1 import jobs_pb2, jobs_pb2_grpc, leases_pb2, leases_pb2_grpc
 
-from . import migrate
+from . import metrics, migrate
 from .dispatch import Dispatcher, JobChanges
 from .errors import SchedulerError
+from .interceptor import MetricsInterceptor
 from .jobs_service import JobsService
 from .leases_service import LeasesService
 from .model import State
@@ -46,6 +48,11 @@ class Settings:
     poll_interval: float = 1.0
     watch_poll_interval: float = 1.0
     health_interval: float = 2.0
+    # The operators' HTTP port (/metrics, /healthz, /readyz); None: not served.
+    http_host: str = "0.0.0.0"
+    http_port: int | None = None
+    # How often queue depths are read for the metrics (one grouped query per replica).
+    stats_interval: float = 10.0
     # Finished jobs are deleted this long after they finished, a batch at a time.
     retention: timedelta = timedelta(days=7)
     prune_interval: float = 10.0
@@ -79,6 +86,14 @@ class Scheduler:
         self._tasks: list[asyncio.Task[None]] = []
         self.port: int = 0
         self._stopped = False
+        self._http: OpsServer | None = None
+        # What /readyz answers; the health watcher keeps it current.
+        self._readiness: tuple[bool, str] = (False, "starting")
+
+    @property
+    def http_port(self) -> int:
+        """The port of /metrics, /healthz and /readyz; 0 when they are not served."""
+        return self._http.port if self._http is not None else 0
 
     @property
     def target(self) -> str:
@@ -95,6 +110,7 @@ class Scheduler:
         # reaches validation and gets a readable INVALID_ARGUMENT.
         max_message = 16 * 1024 * 1024 + limits.max_payload_bytes
         server = grpc.aio.server(
+            interceptors=[MetricsInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
@@ -102,7 +118,7 @@ class Scheduler:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+            ],
         )
         self._jobs = JobsService(
             self.store,
@@ -131,12 +147,21 @@ class Scheduler:
         await server.start()
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._readiness = (True, "ready: database reachable, schema up to date")
+        metrics.WORKERS.watch(self.dispatcher)
+        if self.settings.http_port is not None:
+            self._http = OpsServer(
+                self.settings.http_host, self.settings.http_port, lambda: self._readiness
+            )
+            self._http.start()
+            log.info("metrics and probes on http://%s:%d", self.settings.http_host, self.http_port)
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(self._reap(), name="reaper"),
             asyncio.create_task(self._prune(), name="retention"),
             asyncio.create_task(self._listen(), name="listener"),
             asyncio.create_task(self._watch_health(), name="health"),
+            asyncio.create_task(self._read_queue_stats(), name="queue-stats"),
         ]
         log.info("scheduler listening on %s", self.target)
 
@@ -148,6 +173,7 @@ class Scheduler:
             # Workers are not gone, the scheduler is: keep their leases' full deadlines.
             self._leases.stopping = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._readiness = (False, "stopping")
         for session in self.dispatcher.sessions:
             session.close()
         if self._server is not None:
@@ -162,6 +188,9 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.store.close()
+        metrics.WORKERS.unwatch(self.dispatcher)
+        if self._http is not None:
+            self._http.stop()
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
@@ -176,12 +205,15 @@ class Scheduler:
                 while True:
                     ended = await self.store.expire_leases(limit=500)
                     for expired in ended:
+                        log.info(
+                            "lease expired: the job %s",
+                            "runs again" if expired.next_state is State.PENDING else "failed",
+                            extra={"job_id": str(expired.job_id), "queue": expired.queue},
+                        )
                         self.dispatcher.release(expired.job_id, expired.lease_token)
                         self.changes.changed(expired.job_id)
                         if expired.next_state is State.PENDING:
                             self.dispatcher.wake()
-                    if ended:
-                        log.info("reaped %d expired leases", len(ended))
                     if len(ended) < 500:
                         break
             except SchedulerError as exc:
@@ -227,14 +259,23 @@ class Scheduler:
             await asyncio.sleep(self.settings.poll_interval)
 
     async def _watch_health(self) -> None:
+        """Keeps the gRPC health status and /readyz current: serving while the database
+        answers and has every migration this version ships."""
+        shipped = {m.version for m in migrate.available()}
         serving = True
         while True:
             await asyncio.sleep(self.settings.health_interval)
             try:
-                await self.store.ping()
-                ok = True
-            except SchedulerError:
-                ok = False
+                missing = shipped - await self.store.applied_migrations()
+                ok = not missing
+                reason = (
+                    "ready: database reachable, schema up to date"
+                    if ok
+                    else f"not ready: migrations {sorted(missing)} not applied"
+                )
+            except SchedulerError as exc:
+                ok, reason = False, f"not ready: database unreachable: {exc}"
+            self._readiness = (ok, reason)
             if ok != serving:
                 serving = ok
                 status = (
@@ -242,8 +283,18 @@ class Scheduler:
                     if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                log.warning("database %s", "reachable again" if ok else "unreachable")
+                log.warning("%s", reason)
                 await self._set_health(status)
+
+    async def _read_queue_stats(self) -> None:
+        """Refreshes the queue depth metrics: one grouped query per interval, whatever
+        the number of scrapes."""
+        while True:
+            try:
+                metrics.QUEUES.update(await self.store.stats(None))
+            except SchedulerError as exc:
+                log.warning("queue statistics paused: %s", exc)
+            await asyncio.sleep(self.settings.stats_interval)
 
 
 async def serve(settings: Settings) -> None:

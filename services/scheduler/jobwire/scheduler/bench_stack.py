@@ -68,9 +68,16 @@ class Proc:
     ) -> None:
         self.name = name
         self.log = log
+        # Text logs for the bench's error messages; no HTTP port, whose fixed default
+        # would clash between the bench's processes.
+        command = [
+            sys.executable, "-m", "jobwire.cli.main",
+            "--log-level", "WARNING", "--log-format", "text",
+            *args, "--http-port", "0",
+        ]  # fmt: skip
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "jobwire.cli.main", "--log-level", "WARNING", *args],
+                command,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -14,8 +14,10 @@ from datetime import timedelta
 from typing import Any
 
 from jobwire.cli.options import duration, env_flag
+from jobwire.ops.options import add_http_flags
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_HTTP_PORT = 8080
 
 
 def _database_url(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -112,6 +114,15 @@ def register(subparsers: Any) -> None:
         type=bool,
         help="apply pending migrations at start-up",
     )
+    add_http_flags(scheduler, env_prefix="JOBWIRE", default_port=DEFAULT_HTTP_PORT)
+    env_flag(
+        scheduler,
+        "--stats-interval",
+        env="JOBWIRE_STATS_INTERVAL",
+        default=10.0,
+        type=duration,
+        help="time between readings of the queue depths for the metrics",
+    )
     scheduler.set_defaults(func=run_scheduler)
 
     migrate = subparsers.add_parser("migrate", help="apply pending database migrations")
@@ -167,6 +178,9 @@ def settings_from(args: argparse.Namespace, database_url: str) -> Any:
         retention=timedelta(seconds=args.retention),
         prune_interval=args.prune_interval,
         limits=Limits(max_payload_bytes=args.max_payload_bytes),
+        http_host=getattr(args, "http_host", "0.0.0.0"),
+        http_port=getattr(args, "http_port", 0) or None,
+        stats_interval=getattr(args, "stats_interval", 10.0),
     )
 
 

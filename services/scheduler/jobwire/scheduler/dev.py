@@ -45,6 +45,8 @@ def _start_worker(target: str, concurrency: int) -> subprocess.Popen[bytes]:
             str(concurrency),
             "--worker-id",
             f"dev-worker-{os.getpid()}",
+            "--http-port",
+            "0",
         ],
         # Its own process group: Ctrl-C reaches us, and we drain the worker in order.
         start_new_session=True,

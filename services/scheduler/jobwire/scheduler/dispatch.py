@@ -208,3 +208,15 @@ class Dispatcher:
                         )
                     )
                     self._changes.changed(job.id)
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug(
+                            "leased",
+                            extra={
+                                "job_id": str(job.id),
+                                "queue": job.queue,
+                                "job_type": job.type,
+                                "attempt": job.attempt,
+                                "worker_id": session.worker_id,
+                                "trace_id": job.trace_id,
+                            },
+                        )

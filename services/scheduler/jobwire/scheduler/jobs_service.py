@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ from .model import Job, ListFilter, NewJob, State, Submitted
 from .page_tokens import PageTokens
 from .status import code_of, unary
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -90,6 +93,10 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             submitted = await self._store.submit(new, full=not request.ids_only)
         if any(s.created for s in submitted):
             self._dispatcher.wake()
+        if log.isEnabledFor(logging.DEBUG):
+            for job, s in zip(new, submitted, strict=True):
+                if s.created:
+                    log.debug("submitted", extra=_log_fields(s.job_id, job))
         return jobs_pb2.SubmitResponse(
             results=[
                 jobs_pb2.SubmitResult(
@@ -207,3 +214,12 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         return jobs_pb2.StatsResponse(
             queues=[convert.queue_stats(s, workers.get(s.queue, 0)) for s in stats]
         )
+
+
+def _log_fields(job_id: uuid.UUID, job: NewJob) -> dict[str, str]:
+    return {
+        "job_id": str(job_id),
+        "queue": job.queue,
+        "job_type": job.type,
+        "trace_id": job.trace_id,
+    }

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from . import metrics
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -54,6 +55,8 @@ Conn = psycopg.AsyncConnection[dict[str, Any]]
 
 # Outcomes that a repeated settle of the same kind may find already recorded.
 _SAME_ACK = {Outcome.SUCCEEDED}
+# The metrics' outcome of a nack by the state it left the job in.
+_NACK_OUTCOMES = {"PENDING": "retried", "FAILED": "failed", "CANCELLED": "cancelled"}
 _SAME_NACK = {Outcome.FAILED, Outcome.CANCELLED, Outcome.RELEASED}
 
 
@@ -144,9 +147,9 @@ class Store:
 
     # -- health ---------------------------------------------------------------------------
 
-    async def ping(self) -> None:
+    async def applied_migrations(self) -> set[int]:
         async with self._conn() as conn:
-            await conn.execute(QUERIES["ping"])
+            return {r["version"] for r in await self._rows(conn, "applied_migrations", {})}
 
     async def page_token_secret(self) -> bytes:
         async with self._conn() as conn:
@@ -234,6 +237,10 @@ class Store:
                     {jobs[i].queue for i, job_id in enumerate(ids) if job_id in inserted}
                 )
                 await conn.execute(QUERIES["notify_submitted"], {"queues": queues})
+        metrics.count(
+            metrics.JOBS_SUBMITTED,
+            ((jobs[i].queue, jobs[i].type) for i, job_id in enumerate(ids) if job_id in inserted),
+        )
         return results
 
     async def get(self, job_id: UUID, *, with_attempts: bool = True) -> Job:
@@ -284,7 +291,10 @@ class Store:
             if rows:
                 job = Job.from_row(rows[0])
                 await conn.execute(QUERIES["notify_submitted"], {"queues": [job.queue]})
-                return job
+        if rows:
+            metrics.JOBS_SUBMITTED.labels(job.queue, job.type).inc()
+            return job
+        async with self._conn() as conn:
             again = await self._rows(conn, "retry_of", {"id": job_id})
         if again:
             raise FailedPrecondition(f"job {job_id} was already retried as {again[0]['id']}")
@@ -317,7 +327,17 @@ class Store:
     ) -> list[Job]:
         params = {"queue": queue, "types": list(types), "worker_id": worker_id, "limit": limit}
         async with self._conn(relaxed=True) as conn:
-            return [Job.from_row(r) for r in await self._rows(conn, "lease_jobs", params)]
+            jobs = [Job.from_row(r) for r in await self._rows(conn, "lease_jobs", params)]
+        if jobs:
+            metrics.count(metrics.JOBS_LEASED, ((queue, j.type) for j in jobs))
+            latency = metrics.JOB_START_LATENCY.labels(queue)
+            for j in jobs:
+                # The database's clock on both ends: the lease began at deadline - timeout.
+                assert j.lease_deadline is not None
+                latency.observe(
+                    max(0.0, (j.lease_deadline - j.lease_timeout - j.run_at).total_seconds())
+                )
+        return jobs
 
     async def ack(self, items: Sequence[Ack], *, atomic: bool) -> list[Refusal]:
         params = {
@@ -327,10 +347,15 @@ class Store:
             "result_type": [i.result_type for i in items],
         }
 
-        async def run(conn: Conn) -> set[tuple[UUID, UUID]]:
-            return {(r["id"], r["token"]) for r in await self._rows(conn, "ack_jobs", params)}
+        settled: list[dict[str, Any]] = []
 
-        return await self._settle(items, run, _SAME_ACK, atomic=atomic)
+        async def run(conn: Conn) -> set[tuple[UUID, UUID]]:
+            settled[:] = await self._rows(conn, "ack_jobs", params)
+            return {(r["id"], r["token"]) for r in settled}
+
+        refusals = await self._settle(items, run, _SAME_ACK, atomic=atomic)
+        _record_settled(settled, ["succeeded"] * len(settled))
+        return refusals
 
     async def nack(self, items: Sequence[Nack], *, atomic: bool) -> list[Refusal]:
         params = {
@@ -344,11 +369,25 @@ class Store:
             "details": [i.error.details for i in items],
         }
 
+        settled: list[dict[str, Any]] = []
+
         async def run(conn: Conn) -> set[tuple[UUID, UUID]]:
             rows = await self._rows(conn, "nack_jobs", params)
-            return {(r["id"], r["token"]) for r in rows if r["next_state"] is not None}
+            settled[:] = [r for r in rows if r["next_state"] is not None]
+            return {(r["id"], r["token"]) for r in settled}
 
-        return await self._settle(items, run, _SAME_NACK, atomic=atomic)
+        refusals = await self._settle(items, run, _SAME_NACK, atomic=atomic)
+        released = {(i.job_id, i.lease_token) for i in items if i.release}
+        _record_settled(
+            settled,
+            [
+                "released"
+                if (r["id"], r["token"]) in released
+                else _NACK_OUTCOMES.get(r["next_state"], "failed")
+                for r in settled
+            ],
+        )
+        return refusals
 
     async def extend(
         self, items: Sequence[Extension], *, atomic: bool
@@ -418,6 +457,7 @@ class Store:
         """Ends attempts whose lease deadline passed."""
         async with self._transaction() as conn:
             rows = await self._rows(conn, "expire_leases", {"limit": limit})
+        metrics.count(metrics.LEASE_EXPIRIES, ((r["queue"],) for r in rows if r["next_state"]))
         return [
             Expired(
                 job_id=r["id"],
@@ -481,3 +521,18 @@ def _refusal(row: dict[str, Any], same_outcome: set[Outcome]) -> Refusal:
             f"ended {row['outcome']}; the job is {row['state']} at attempt {row['job_attempt']}"
         )
     return Refusal(job_id=job_id, lease_token=token, error=error)
+
+
+def _record_settled(rows: Sequence[dict[str, Any]], outcomes: Sequence[str]) -> None:
+    """Counts settled attempts and their run time, once their statement committed."""
+    if not rows:
+        return
+    metrics.count(
+        metrics.JOBS_SETTLED,
+        ((r["queue"], r["type"], o) for r, o in zip(rows, outcomes, strict=True)),
+    )
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if row["run_seconds"] is not None:
+            metrics.JOB_RUN_SECONDS.labels(row["queue"], row["type"], outcome).observe(
+                max(0.0, row["run_seconds"])
+            )

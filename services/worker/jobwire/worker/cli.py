@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobwire.cli.options import add_target, env_flag, positive_int, seconds
+from jobwire.ops.http import OpsServer
+from jobwire.ops.logs import configure as configure_logs
+from jobwire.ops.options import add_http_flags
 
 from .builtins import register_builtins
 from .errors import HandlerDefinitionError, WorkerError
@@ -22,20 +25,12 @@ __all__ = ["register", "run"]
 
 log = logging.getLogger("jobwire.worker")
 
+DEFAULT_HTTP_PORT = 8081
+
 
 def _names(raw: str) -> list[str]:
     """Comma-separated names, as accepted by --queue, --import and their variables."""
     return [name.strip() for name in raw.split(",") if name.strip()]
-
-
-def _port(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, not {value}")
-    return value
 
 
 class _Names(argparse.Action):
@@ -123,14 +118,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="name shown in the jobs' attempt history (default: host-pid-random)",
     )
-    env_flag(
-        parser,
-        "--metrics-port",
-        env="JOBWIRE_WORKER_METRICS_PORT",
-        default=0,
-        type=_port,
-        help="serve Prometheus metrics on this port; 0 turns them off",
-    )
+    add_http_flags(parser, env_prefix="JOBWIRE_WORKER", default_port=DEFAULT_HTTP_PORT)
     parser.set_defaults(func=run)
 
 
@@ -147,11 +135,7 @@ def run(args: argparse.Namespace) -> int:
     """Runs the worker described by parsed `jobwire worker` arguments; returns the
     exit code: 0 after a clean drain."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logs("INFO", "text")
     try:
         _import_handlers(args.imports)
     except Exception as exc:
@@ -179,12 +163,24 @@ def run(args: argparse.Namespace) -> int:
     except WorkerError as exc:
         log.error("%s", exc)
         return 2
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port)
-        log.info("metrics on port %d", args.metrics_port)
-    worker.run_forever()
+    ops = None
+    if args.http_port:
+        ops = OpsServer(args.http_host, args.http_port, lambda: _readiness(worker))
+        ops.start()
+        log.info("metrics and probes on http://%s:%d", args.http_host, ops.port)
+    try:
+        worker.run_forever()
+    finally:
+        if ops is not None:
+            ops.stop()
     if worker.unsettled_outcomes:
         return 1
     return 0
+
+
+def _readiness(worker: Worker) -> tuple[bool, str]:
+    """Ready while a Lease stream to the scheduler is open: a worker does its work
+    through the scheduler, never through a database."""
+    if worker.connected:
+        return True, f"ready: connected to {worker.target}"
+    return False, f"not ready: not connected to {worker.target}"

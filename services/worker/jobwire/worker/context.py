@@ -16,8 +16,9 @@ job_log = logging.getLogger("jobwire.worker.job")
 
 
 class JobLogger(logging.LoggerAdapter[logging.Logger]):
-    """Adds the job's identity to every record, as `extra` fields for structured
-    formatters and as a message prefix for plain ones."""
+    """Adds the job's identity (job_id, queue, job_type, attempt, worker_id, trace_id) to
+    every record as `extra` fields. jobwire's formatters show them: as top-level keys in
+    JSON lines, as a `[type id attempt N]` prefix in text lines."""
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
@@ -25,8 +26,7 @@ class JobLogger(logging.LoggerAdapter[logging.Logger]):
         extra = dict(self.extra or {})
         extra.update(kwargs.get("extra") or {})
         kwargs["extra"] = extra
-        prefix = f"[{extra.get('job_type')} {extra.get('job_id')} attempt {extra.get('attempt')}]"
-        return f"{prefix} {msg}", kwargs
+        return msg, kwargs
 
 
 class LeaseState:
@@ -104,6 +104,7 @@ class JobContext:
             execution_deadline=execution_deadline,
             logger=job_logger(
                 job_id=job_id,
+                queue=queue,
                 job_type=type,
                 attempt=attempt,
                 worker_id=worker_id,
@@ -114,12 +115,13 @@ class JobContext:
 
 
 def job_logger(
-    *, job_id: str, job_type: str, attempt: int, worker_id: str, trace_id: str
+    *, job_id: str, queue: str, job_type: str, attempt: int, worker_id: str, trace_id: str
 ) -> JobLogger:
     return JobLogger(
         job_log,
         {
             "job_id": job_id,
+            "queue": queue,
             "job_type": job_type,
             "attempt": attempt,
             "worker_id": worker_id,

@@ -10,7 +10,7 @@ import random
 from collections.abc import Awaitable
 from datetime import UTC
 
-from jobwire.v1 import leases_pb2
+from jobwire.v1 import job_pb2, leases_pb2
 
 from . import metrics, outcomes
 from .connection import Connection
@@ -148,16 +148,25 @@ class Engine:
         if token in self._held:
             return  # the same lease delivered twice
         if self._draining:
-            log.info("job %s arrived while draining: handing it back", job.id)
+            log.info("job %s arrived while draining: handing it back", job.id, extra=_fields(job))
             self._report(outcomes.release(job.id, token, "worker is shutting down"))
             return
         if self._slots >= self.settings.concurrency:
-            log.warning("job %s arrived beyond the credit granted: handing it back", job.id)
+            log.warning(
+                "job %s arrived beyond the credit granted: handing it back",
+                job.id,
+                extra=_fields(job),
+            )
             self._report(outcomes.release(job.id, token, "worker has no free slot"))
             return
         spec = self.registry.get(job.spec.type)
         if spec is None:
-            log.warning("job %s has type %r, which this worker does not run", job.id, job.spec.type)
+            log.warning(
+                "job %s has type %r, which this worker does not run",
+                job.id,
+                job.spec.type,
+                extra=_fields(job),
+            )
             self._report(
                 outcomes.nack(
                     job.id,
@@ -411,3 +420,13 @@ def _settle_kind_name(kind: int) -> str:
     if kind == leases_pb2.SETTLE_KIND_NACK:
         return "nack"
     return "extend"
+
+
+def _fields(job: job_pb2.Job) -> dict[str, str]:
+    """A job's identity for the log lines the worker writes before a handler runs."""
+    return {
+        "job_id": job.id,
+        "queue": job.spec.queue,
+        "job_type": job.spec.type,
+        "trace_id": job.trace_id,
+    }

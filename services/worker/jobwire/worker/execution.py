@@ -82,6 +82,7 @@ class Execution:
             ),
             logger=job_logger(
                 job_id=job.id,
+                queue=job.spec.queue,
                 job_type=job.spec.type,
                 attempt=job.attempt,
                 worker_id=worker_id,

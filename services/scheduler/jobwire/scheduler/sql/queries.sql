@@ -97,20 +97,28 @@ WITH input AS (
         updated_at = clock_timestamp()
     FROM input i
     WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
-    RETURNING j.id, j.attempt, i.token
+    RETURNING j.id, j.attempt, i.token, j.queue, j.type
 ), history AS (
     UPDATE jobwire_attempts a SET outcome = 'SUCCEEDED', finished_at = now(), next_state = 'SUCCEEDED'
     FROM settled s WHERE a.job_id = s.id AND a.number = s.attempt
+    RETURNING a.job_id, extract(epoch FROM now() - a.started_at)::float8 AS run_seconds
 )
-SELECT id, token FROM settled
+SELECT s.id, s.token, s.queue, s.type, h.run_seconds
+FROM settled s LEFT JOIN history h ON h.job_id = s.id
 
 -- name: nack_jobs
--- Ends attempts without success; the rules live in jobwire_end_attempt().
-SELECT t.id, t.token, jobwire_end_attempt(t.id, t.token, false, t.release, t.retryable, t.delay,
-                                 t.message, t.kind, t.details) AS next_state
+-- Ends attempts without success; the rules live in jobwire_end_attempt(). The joins read
+-- the rows as they were before it (the statement's snapshot): queue, type and the
+-- attempt's start, for metrics.
+SELECT t.id, t.token, j.queue, j.type,
+       extract(epoch FROM now() - a.started_at)::float8 AS run_seconds,
+       jobwire_end_attempt(t.id, t.token, false, t.release, t.retryable, t.delay,
+                           t.message, t.kind, t.details) AS next_state
 FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(release)s::bool[], %(retryable)s::bool[],
             %(delay)s::interval[], %(message)s::text[], %(kind)s::text[], %(details)s::text[])
      AS t(id, token, release, retryable, delay, message, kind, details)
+LEFT JOIN jobwire_jobs j ON j.id = t.id
+LEFT JOIN jobwire_attempts a ON a.lease_token = t.token
 
 -- name: extend_leases
 UPDATE jobwire_jobs j SET
@@ -205,8 +213,9 @@ ORDER BY queue
 -- name: page_token_secret
 SELECT value FROM jobwire_secrets WHERE name = 'page_token'
 
--- name: ping
-SELECT 1
+-- name: applied_migrations
+-- Readiness: the database answers and has every migration this version ships.
+SELECT version FROM jobwire_migrations
 
 -- name: prune_finished
 -- Retention: deletes a small batch of the oldest finished jobs (attempts go with them).

@@ -1,0 +1,189 @@
+"""Prometheus metrics of a scheduler process.
+
+Counters and histograms are recorded where the fact is known for certain: the store,
+after a statement committed. Queue depths come from a periodic snapshot (one grouped
+query every few seconds per replica, never a count per scrape), and connected workers
+from the dispatchers' memory at scrape time. Labels are bounded: queue, type, outcome,
+state, gRPC service, method and code; never job ids.
+
+Metrics live in the default registry, once per process: several schedulers in one
+process (as in tests) add to the same series.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .model import QueueStats
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
+
+__all__ = [
+    "JOBS_LEASED",
+    "JOBS_SETTLED",
+    "JOBS_SUBMITTED",
+    "JOB_RUN_SECONDS",
+    "JOB_START_LATENCY",
+    "LEASE_EXPIRIES",
+    "QUEUES",
+    "WORKERS",
+    "count",
+]
+
+# Latencies from a millisecond (an idle worker picking up a job) to minutes (a backlog).
+_LATENCY_BUCKETS = (
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+)
+# Run times from a no-op to the longest lease a job may hold for a while.
+_RUN_BUCKETS = (0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 60, 300, 900, 3600)
+
+JOBS_SUBMITTED = Counter(
+    "jobwire_jobs_submitted",
+    "Jobs created by Submit and Retry (an idempotent repeat creates none).",
+    ["queue", "type"],
+)
+JOBS_LEASED = Counter(
+    "jobwire_jobs_leased", "Attempts started: jobs leased to a worker.", ["queue", "type"]
+)
+JOBS_SETTLED = Counter(
+    "jobwire_jobs_settled",
+    "Attempts a worker ended, by outcome: succeeded, failed (final: the job is in the "
+    "dead-letter state), retried (runs again after a backoff), released (handed back "
+    "without counting as an attempt), cancelled.",
+    ["queue", "type", "outcome"],
+)
+LEASE_EXPIRIES = Counter(
+    "jobwire_lease_expiries",
+    "Attempts ended because their worker stopped extending the lease (crashed, cut off or stuck).",
+    ["queue"],
+)
+JOB_START_LATENCY = Histogram(
+    "jobwire_job_start_latency_seconds",
+    "From the moment a job became ready (submitted, or its run_at or backoff passed) to its lease.",
+    ["queue"],
+    buckets=_LATENCY_BUCKETS,
+)
+JOB_RUN_SECONDS = Histogram(
+    "jobwire_job_run_seconds",
+    "From lease to the outcome the worker reported, by outcome.",
+    ["queue", "type", "outcome"],
+    buckets=_RUN_BUCKETS,
+)
+
+
+def count(counter: Counter, labels: Iterable[tuple[str, ...]]) -> None:
+    """Adds one per label tuple, with one `inc` per distinct tuple: batches are large and
+    mostly of one queue and type."""
+    for key, n in collections.Counter(labels).items():
+        counter.labels(*key).inc(n)
+
+
+class QueueSnapshot(Collector):
+    """`jobwire_queue_jobs{queue,state}` and `jobwire_queue_oldest_ready_age_seconds`
+    from the latest statistics a scheduler read. Every replica reads the same table, so
+    dashboards take the max over replicas, not the sum."""
+
+    _STATES = ("ready", "scheduled", "running", "succeeded", "failed", "cancelled")
+
+    def __init__(self) -> None:
+        self._stats: Sequence[QueueStats] = ()
+
+    def update(self, stats: Sequence[QueueStats]) -> None:
+        self._stats = tuple(stats)  # replaced whole: queues that are gone disappear
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        jobs = GaugeMetricFamily(
+            "jobwire_queue_jobs",
+            "Jobs per queue and state, as of the scheduler's last reading "
+            "(ready: pending and due; scheduled: pending with run_at in the future).",
+            labels=["queue", "state"],
+        )
+        age = GaugeMetricFamily(
+            "jobwire_queue_oldest_ready_age_seconds",
+            "How long the oldest ready job of the queue has waited; 0 when none is ready.",
+            labels=["queue"],
+        )
+        for s in stats:
+            for state in self._STATES:
+                jobs.add_metric([s.queue, state], getattr(s, state))
+            age.add_metric([s.queue], s.oldest_ready_age.total_seconds())
+        yield jobs
+        yield age
+
+
+class ConnectedWorkers(Collector):
+    """`jobwire_workers_connected{queue}` and `jobwire_worker_credit{queue}`: the Lease
+    streams of this replica, read at scrape time (per replica: sum over replicas)."""
+
+    def __init__(self) -> None:
+        self._dispatchers: list[Dispatcher] = []
+        self._lock = threading.Lock()
+
+    def watch(self, dispatcher: Dispatcher) -> None:
+        with self._lock:
+            self._dispatchers.append(dispatcher)
+
+    def unwatch(self, dispatcher: Dispatcher) -> None:
+        with self._lock:
+            if dispatcher in self._dispatchers:
+                self._dispatchers.remove(dispatcher)
+
+    def collect(self) -> Iterator[Metric]:
+        workers: collections.Counter[str] = collections.Counter()
+        credit: collections.Counter[str] = collections.Counter()
+        with self._lock:
+            dispatchers = list(self._dispatchers)
+        for dispatcher in dispatchers:
+            for session in dispatcher.sessions:  # a copy: safe beside the event loop
+                if session.closed:
+                    continue
+                for queue in session.queues:
+                    workers[queue] += 1
+                    credit[queue] += session.credit
+        connected = GaugeMetricFamily(
+            "jobwire_workers_connected",
+            "Worker Lease streams open on this scheduler, by queue they serve.",
+            labels=["queue"],
+        )
+        free = GaugeMetricFamily(
+            "jobwire_worker_credit",
+            "Free slots (credit) of the workers connected to this scheduler, by queue. A "
+            "worker serving several queues counts its slots under each.",
+            labels=["queue"],
+        )
+        for queue in sorted(workers):
+            connected.add_metric([queue], workers[queue])
+            free.add_metric([queue], credit[queue])
+        yield connected
+        yield free
+
+
+QUEUES = QueueSnapshot()
+WORKERS = ConnectedWorkers()
+REGISTRY.register(QUEUES)
+REGISTRY.register(WORKERS)
