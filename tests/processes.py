@@ -88,7 +88,13 @@ class SchedulerProcess(Process):
     """`jobwire scheduler` on a fixed loopback port, so that it can restart on the same one."""
 
     def __init__(
-        self, database_url: str, log: Path, *, port: int | None = None, extra: list[str] = ()
+        self,
+        database_url: str,
+        log: Path,
+        *,
+        port: int | None = None,
+        extra: list[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -101,7 +107,7 @@ class SchedulerProcess(Process):
             "--poll-interval", "0.2",
             *extra,
         ]  # fmt: skip
-        super().__init__(args, log)
+        super().__init__(args, log, env)
         self.wait_serving()
 
     def health(self) -> int | None:

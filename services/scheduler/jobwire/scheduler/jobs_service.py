@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -35,11 +36,16 @@ def trace_id_from(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "traceparent" and isinstance(value, str):
             parts = value.split("-")
-            if len(parts) >= 2 and len(parts[1]) == 32:
+            if len(parts) >= 2 and _TRACE_ID.fullmatch(parts[1]) and parts[1] != "0" * 32:
                 return parts[1]
-        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex
+
+
+# W3C Trace Context's trace-id; a request id of printable ASCII, as it ends up in log lines.
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 
 def transitions(job: Job) -> list[tuple[State, int]]:
