@@ -11,29 +11,42 @@ csv            {"rows": [{...}, ...]} or                    CSV text, "text/csv"
 text           {"text": str}, 1-30 characters               the text, after one second
                                                             per character
 fail           {"message": str, "retryable": bool}          always fails as asked
+email          {"to": str | [str], "subject": str,          {"message_id": str,
+               "text": str, optional "html": str,            "accepted": [str],
+               "cc", "bcc", "reply_to": str | [str],         "refused": [{"address",
+               "from": str}                                  "code", "reply"}]}
+noop           anything                                     null, at once
 =============  ===========================================  ============================
 
 A payload of the wrong shape is a non-retryable failure of kind "invalid_payload":
 running it again cannot help.
+
+`email` sends through the SMTP server configured by JOBWIRE_SMTP_* variables; see
+`jobwire.worker.mailer` for them and for how SMTP failures end the job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv as csv_module
+import functools
 import io
 import json
 from collections.abc import Callable
+from email.headerregistry import Address
 from typing import Any, Protocol
 
 from .context import JobContext
-from .errors import JobFailed
+from .errors import ConfigurationError, JobFailed
+from .mailer import AddressError, SmtpSettings, compose, header_text_problem, parse_address, send
 from .payloads import Result
 
 __all__ = [
     "BUILTIN_TYPES",
+    "EMAIL_MAX_RECIPIENTS",
     "TEXT_MAX_LENGTH",
     "csv",
+    "email",
     "fail",
     "noop",
     "register_builtins",
@@ -46,6 +59,9 @@ TEXT_MAX_LENGTH = 30
 # Seconds per character of the `text` job; a module attribute so tests can shorten it.
 TEXT_DELAY = 1.0
 CSV_CONTENT_TYPE = "text/csv"
+# RFC 5321 has servers accept at least 100 recipients per message, so more could be
+# refused by some of them; bigger mailings belong in several jobs.
+EMAIL_MAX_RECIPIENTS = 100
 
 
 class _Registers(Protocol):
@@ -194,17 +210,154 @@ async def noop(payload: Any) -> None:
     return None
 
 
+_EMAIL_FIELDS = ("to", "cc", "bcc", "reply_to", "from", "subject", "text", "html")
+
+
+def _addresses(body: dict[str, Any], name: str, *, required: bool = False) -> list[Address]:
+    # Here and in _string, a field given as null counts as absent, as JSON producers
+    # often send optional fields.
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise _invalid(f'email: the "{name}" field is missing')
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise _invalid(
+            f'email: "{name}" must be an address or an array of addresses, got {_describe(value)}'
+        )
+    if required and not items:
+        raise _invalid(f'email: "{name}" must hold at least one address')
+    parsed = []
+    for item in items:
+        if not isinstance(item, str):
+            raise _invalid(f'email: "{name}" must hold strings, got {_describe(item)}')
+        try:
+            parsed.append(parse_address(item))
+        except AddressError as exc:
+            raise _invalid(f'email: "{name}": {exc}') from None
+    return parsed
+
+
+def _string(body: dict[str, Any], name: str, *, header: bool) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid(f'email: "{name}" must be a string, got {_describe(value)}')
+    problem = header_text_problem(value) if header else None
+    if problem is not None:
+        raise _invalid(f'email: "{name}" {problem}')
+    return value
+
+
+def _required_string(body: dict[str, Any], name: str, *, header: bool) -> str:
+    value = _string(body, name, header=header)
+    if value is None:
+        raise _invalid(f'email: the "{name}" field is missing')
+    return value
+
+
+def email(payload: Any, ctx: JobContext, *, smtp: SmtpSettings | None = None) -> dict[str, Any]:
+    """Sends an e-mail and returns its Message-ID::
+
+        {"to": "ann@example.com" or [...], "subject": "...", "text": "...",
+         "html": "...", "cc": [...], "bcc": [...], "reply_to": [...], "from": "..."}
+
+    Addresses are `user@example.com` or `Name <user@example.com>`. "from" defaults to
+    JOBWIRE_SMTP_FROM. Blind copies receive the message without appearing in it. The
+    result is {"message_id": "<...>", "accepted": [addresses], "refused": [{"address",
+    "code", "reply"}]}: a message accepted for some recipients and refused for others
+    succeeds with the refused ones listed, since trying again would mail the others
+    twice. How SMTP failures end the job: see `jobwire.worker.mailer`.
+
+    `smtp` is where to send; without it the JOBWIRE_SMTP_* variables are read for each
+    job. A plain function: the worker runs it in its thread pool, since smtplib blocks.
+    """
+    body = _object(payload, "email")
+    unknown = sorted(set(body) - set(_EMAIL_FIELDS))
+    if unknown:
+        raise _invalid(
+            f"email: unknown fields {unknown}; the fields are {', '.join(_EMAIL_FIELDS)}"
+        )
+    to = _addresses(body, "to", required=True)
+    cc = _addresses(body, "cc")
+    bcc = _addresses(body, "bcc")
+    reply_to = _addresses(body, "reply_to")
+    subject = _required_string(body, "subject", header=True)
+    text_body = _required_string(body, "text", header=False)
+    html = _string(body, "html", header=False)
+    sender_value = _string(body, "from", header=True)
+    if smtp is None:
+        try:
+            smtp = SmtpSettings.from_env()
+        except ConfigurationError as exc:
+            raise JobFailed(str(exc), retryable=False, kind="smtp_config") from None
+    if sender_value is None:
+        sender_value = smtp.sender
+    if sender_value is None:
+        raise _invalid('email: "from" is missing and JOBWIRE_SMTP_FROM is not set')
+    try:
+        sender = parse_address(sender_value)
+    except AddressError as exc:
+        raise _invalid(f'email: "from": {exc}') from None
+    # Envelope recipients: every address once, in the order given.
+    recipients = list(dict.fromkeys(address.addr_spec for address in (*to, *cc, *bcc)))
+    if len(recipients) > EMAIL_MAX_RECIPIENTS:
+        raise _invalid(
+            f"email: {len(recipients)} recipients; at most {EMAIL_MAX_RECIPIENTS} are allowed "
+            "(to, cc and bcc together)"
+        )
+    message = compose(
+        sender=sender, to=to, cc=cc, reply_to=reply_to, subject=subject, text=text_body, html=html
+    )
+    delivery = send(
+        smtp,
+        message,
+        envelope_from=sender.addr_spec,
+        recipients=recipients,
+        cancelled=ctx.cancelled,
+    )
+    if delivery.refused:
+        ctx.logger.warning(
+            "sent %s, but %d of %d recipients were refused: %s",
+            delivery.message_id,
+            len(delivery.refused),
+            len(recipients),
+            ", ".join(f"{r.address} ({r.code} {r.reply})" for r in delivery.refused),
+        )
+    else:
+        ctx.logger.info("sent %s to %d recipients", delivery.message_id, len(recipients))
+    return {
+        "message_id": delivery.message_id,
+        "accepted": list(delivery.accepted),
+        "refused": [
+            {"address": r.address, "code": r.code, "reply": r.reply} for r in delivery.refused
+        ],
+    }
+
+
 BUILTIN_TYPES: dict[str, Callable[..., Any]] = {
     "uppercase": uppercase,
     "reverse": reverse,
     "csv": csv,
     "text": text,
     "fail": fail,
+    "email": email,
     "noop": noop,
 }
 
 
-def register_builtins(target: _Registers) -> None:
-    """Registers every built-in job type on a Worker or a HandlerRegistry."""
+def register_builtins(target: _Registers, *, smtp: SmtpSettings | None = None) -> None:
+    """Registers every built-in job type on a Worker or a HandlerRegistry.
+
+    `email` sends through `smtp`, or else through the server the JOBWIRE_SMTP_*
+    variables describe. Those are read here, once, and not for each job: a worker
+    whose mail settings are unusable fails to start (ConfigurationError; `jobwire
+    worker` exits 2 with the reason) instead of failing every e-mail job it leases.
+    """
+    settings = smtp if smtp is not None else SmtpSettings.from_env()
     for type_name, func in BUILTIN_TYPES.items():
+        if func is email:
+            func = functools.partial(email, smtp=settings)
         target.register(type_name, func)
