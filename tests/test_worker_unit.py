@@ -421,7 +421,9 @@ def test_fail() -> None:
 def test_register_builtins() -> None:
     worker = Worker("127.0.0.1:1")
     jobwire.worker.register_builtins(worker)
-    assert set(worker.handler_types) == {"uppercase", "reverse", "csv", "text", "fail", "noop"}
+    assert set(worker.handler_types) == {
+        "uppercase", "reverse", "csv", "text", "email", "fail", "noop"
+    }  # fmt: skip
     spec = worker.registry.get("text")
     assert spec is not None and spec.is_async and spec.takes_context
 

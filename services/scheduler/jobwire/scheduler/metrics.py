@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Histogram
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .dispatch import Dispatcher
 
 __all__ = [
+    "COMPUTED_GAUGES",
     "JOBS_LEASED",
     "JOBS_SETTLED",
     "JOBS_SUBMITTED",
@@ -102,10 +104,50 @@ def count(counter: Counter, labels: Iterable[tuple[str, ...]]) -> None:
         counter.labels(*key).inc(n)
 
 
+@dataclass(frozen=True)
+class GaugeSpec:
+    """A gauge that a collector computes at scrape time (also read by the reference in
+    the README)."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+
+
+QUEUE_JOBS = GaugeSpec(
+    "jobwire_queue_jobs",
+    "Jobs per queue and state (ready: pending and due; scheduled: pending with run_at in "
+    "the future), as of the scheduler's last reading; every replica reports the same: "
+    "take the max over replicas.",
+    ("queue", "state"),
+)
+OLDEST_READY_AGE = GaugeSpec(
+    "jobwire_queue_oldest_ready_age_seconds",
+    "How long the oldest ready job of the queue has waited; 0 when none is ready.",
+    ("queue",),
+)
+WORKERS_CONNECTED = GaugeSpec(
+    "jobwire_workers_connected",
+    "Worker Lease streams open on this scheduler replica, by queue they serve; sum over "
+    "replicas.",
+    ("queue",),
+)
+WORKER_CREDIT = GaugeSpec(
+    "jobwire_worker_credit",
+    "Free slots (credit) of the workers connected to this replica, by queue; a worker "
+    "serving several queues counts its slots under each.",
+    ("queue",),
+)
+COMPUTED_GAUGES = (QUEUE_JOBS, OLDEST_READY_AGE, WORKERS_CONNECTED, WORKER_CREDIT)
+
+
+def _gauge(spec: GaugeSpec) -> GaugeMetricFamily:
+    return GaugeMetricFamily(spec.name, spec.documentation, labels=list(spec.labels))
+
+
 class QueueSnapshot(Collector):
-    """`jobwire_queue_jobs{queue,state}` and `jobwire_queue_oldest_ready_age_seconds`
-    from the latest statistics a scheduler read. Every replica reads the same table, so
-    dashboards take the max over replicas, not the sum."""
+    """`jobwire_queue_jobs` and `jobwire_queue_oldest_ready_age_seconds` from the latest
+    statistics a scheduler read."""
 
     _STATES = ("ready", "scheduled", "running", "succeeded", "failed", "cancelled")
 
@@ -117,17 +159,8 @@ class QueueSnapshot(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
-        jobs = GaugeMetricFamily(
-            "jobwire_queue_jobs",
-            "Jobs per queue and state, as of the scheduler's last reading "
-            "(ready: pending and due; scheduled: pending with run_at in the future).",
-            labels=["queue", "state"],
-        )
-        age = GaugeMetricFamily(
-            "jobwire_queue_oldest_ready_age_seconds",
-            "How long the oldest ready job of the queue has waited; 0 when none is ready.",
-            labels=["queue"],
-        )
+        jobs = _gauge(QUEUE_JOBS)
+        age = _gauge(OLDEST_READY_AGE)
         for s in stats:
             for state in self._STATES:
                 jobs.add_metric([s.queue, state], getattr(s, state))
@@ -137,8 +170,8 @@ class QueueSnapshot(Collector):
 
 
 class ConnectedWorkers(Collector):
-    """`jobwire_workers_connected{queue}` and `jobwire_worker_credit{queue}`: the Lease
-    streams of this replica, read at scrape time (per replica: sum over replicas)."""
+    """`jobwire_workers_connected` and `jobwire_worker_credit`: the Lease streams of this
+    replica, read at scrape time."""
 
     def __init__(self) -> None:
         self._dispatchers: list[Dispatcher] = []
@@ -165,17 +198,8 @@ class ConnectedWorkers(Collector):
                 for queue in session.queues:
                     workers[queue] += 1
                     credit[queue] += session.credit
-        connected = GaugeMetricFamily(
-            "jobwire_workers_connected",
-            "Worker Lease streams open on this scheduler, by queue they serve.",
-            labels=["queue"],
-        )
-        free = GaugeMetricFamily(
-            "jobwire_worker_credit",
-            "Free slots (credit) of the workers connected to this scheduler, by queue. A "
-            "worker serving several queues counts its slots under each.",
-            labels=["queue"],
-        )
+        connected = _gauge(WORKERS_CONNECTED)
+        free = _gauge(WORKER_CREDIT)
         for queue in sorted(workers):
             connected.add_metric([queue], workers[queue])
             free.add_metric([queue], credit[queue])

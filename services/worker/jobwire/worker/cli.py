@@ -100,7 +100,7 @@ def register(subparsers: Any) -> None:
         env="JOBWIRE_BUILTINS",
         default=True,
         type=bool,
-        help="run the built-in job types uppercase, reverse, csv, text and fail",
+        help="run the built-in job types (uppercase, reverse, csv, text, email, fail, noop)",
     )
     env_flag(
         parser,

@@ -4,26 +4,9 @@ addresses, the message, and sending it with the failures mapped to job outcomes.
 Settings come from the environment (`SmtpSettings.from_env`); the password is read
 from there only, never from a command-line flag, so it does not show in `ps`.
 
-=========================  ==================================================  =========
-variable                   meaning                                             default
-=========================  ==================================================  =========
-JOBWIRE_SMTP_HOST          the SMTP server's host name or address              localhost
-JOBWIRE_SMTP_PORT          its port                                            25, or 587
-                                                                               with
-                                                                               STARTTLS
-JOBWIRE_SMTP_STARTTLS      upgrade the connection with STARTTLS before         false
-                           anything else is sent (true/false)
-JOBWIRE_SMTP_USERNAME      log in with AUTH as this user (needs the password)  no AUTH
-JOBWIRE_SMTP_PASSWORD      the password for AUTH
-JOBWIRE_SMTP_FROM          From address of jobs whose payload has no "from"    none
-JOBWIRE_SMTP_TIMEOUT       seconds to wait for the connection and for each     30
-                           reply of the server
-JOBWIRE_SMTP_CA_FILE       PEM file of the certificate authorities trusted     the
-                           for STARTTLS, instead of the system's               system's
-=========================  ==================================================  =========
-
-An empty variable counts as unset. Credentials are only sent over STARTTLS, or to a
-server on the loopback interface.
+The variables are listed in `ENVIRONMENT` (and in the README's configuration
+reference, generated from it). An empty variable counts as unset. Credentials are only
+sent over STARTTLS, or to a server on the loopback interface.
 
 How SMTP failures end a job:
 
@@ -69,8 +52,10 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_STARTTLS_PORT",
     "DEFAULT_TIMEOUT",
+    "ENVIRONMENT",
     "AddressError",
     "Delivery",
+    "EnvironmentVariable",
     "Refusal",
     "SmtpSettings",
     "compose",
@@ -94,6 +79,45 @@ _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _HOST = re.compile(r"[A-Za-z0-9._:-]+|\[[0-9A-Fa-f:.]+\]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class EnvironmentVariable:
+    name: str
+    default: str
+    meaning: str
+
+
+ENVIRONMENT = (
+    EnvironmentVariable("JOBWIRE_SMTP_HOST", "localhost", "the SMTP server's host name or address"),
+    EnvironmentVariable("JOBWIRE_SMTP_PORT", "25, or 587 with STARTTLS", "its port"),
+    EnvironmentVariable(
+        "JOBWIRE_SMTP_STARTTLS",
+        "false",
+        "upgrade the connection with STARTTLS before anything else is sent (true/false)",
+    ),
+    EnvironmentVariable(
+        "JOBWIRE_SMTP_USERNAME", "", "log in with AUTH as this user (needs the password)"
+    ),
+    EnvironmentVariable(
+        "JOBWIRE_SMTP_PASSWORD",
+        "",
+        "the password for AUTH; sent only over STARTTLS or to a loopback server",
+    ),
+    EnvironmentVariable(
+        "JOBWIRE_SMTP_FROM", "", 'From address of jobs whose payload has no "from"'
+    ),
+    EnvironmentVariable(
+        "JOBWIRE_SMTP_TIMEOUT",
+        "30",
+        "seconds to wait for the connection and for each reply of the server",
+    ),
+    EnvironmentVariable(
+        "JOBWIRE_SMTP_CA_FILE",
+        "",
+        "PEM file of the certificate authorities trusted for STARTTLS, instead of the system's",
+    ),
+)
 
 
 class AddressError(ValueError):
