@@ -86,3 +86,14 @@ def add_target(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TARGET,
         help="scheduler gRPC address host:port",
     )
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """`--progress/--no-progress` for long operations; unset means "when stderr is a
+    terminal"."""
+    parser.add_argument(
+        "--progress",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="show progress on stderr (default: only when stderr is a terminal)",
+    )
