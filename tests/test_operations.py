@@ -132,6 +132,7 @@ def test_job_lifecycle_counters_and_histograms(observed: SchedulerThread) -> Non
     assert delta(settled, queue=queue, type="echo", outcome="succeeded") == 1
     assert delta(settled, queue=queue, type="echo", outcome="retried") == 1
     assert delta(settled, queue=queue, type="echo", outcome="failed") == 1
+    assert delta("jobwire_job_retries_total", queue=queue, type="echo", cause="failed") == 1
     assert delta("jobwire_job_start_latency_seconds_count", queue=queue) == 4
     runs = "jobwire_job_run_seconds_count"
     assert delta(runs, queue=queue, type="echo", outcome="succeeded") == 1
@@ -247,18 +248,24 @@ def test_queue_depth_oldest_age_and_connected_workers(observed: SchedulerThread)
 def test_lease_expiries_are_counted(observed: SchedulerThread) -> None:
     port = observed.scheduler.http_port
     queue = fresh_queue()
-    before = value(scrape(port), "jobwire_lease_expiries_total", queue=queue)
     with Client(observed.target) as client:
-        job = client.submit("echo", {}, queue=queue, lease_timeout=1, max_attempts=1)
-    worker = StreamClient(observed.target, queues=(queue,))
+        job = client.submit("echo", {}, queue=queue, lease_timeout=1, max_attempts=2)
+    worker = StreamClient(observed.target, queues=(queue,), credits=2)
     try:
         worker.next_job()  # and never answers nor extends
-        wait_for(
-            lambda: value(scrape(port), "jobwire_lease_expiries_total", queue=queue) == before + 1,
-            message="the expired lease counted",
+        worker.next_job(index=1, timeout=15)  # the second attempt, after the first expired
+        samples = scrape_until(
+            port,
+            lambda s: value(s, "jobwire_lease_expiries_total", queue=queue) == 2,
+            "both expired leases counted",
         )
     finally:
         worker.close()
+    # The first expiry made the job run again; the second ended its last attempt.
+    retries = value(
+        samples, "jobwire_job_retries_total", queue=queue, type="echo", cause="lease_expired"
+    )
+    assert retries == 1
     with Client(observed.target) as client:
         assert client.get(job.id).state.name == "FAILED"
 

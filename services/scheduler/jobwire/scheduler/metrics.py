@@ -32,6 +32,7 @@ __all__ = [
     "JOBS_LEASED",
     "JOBS_SETTLED",
     "JOBS_SUBMITTED",
+    "JOB_RETRIES",
     "JOB_RUN_SECONDS",
     "JOB_START_LATENCY",
     "LEASE_EXPIRIES",
@@ -77,6 +78,12 @@ JOBS_SETTLED = Counter(
     "dead-letter state), retried (runs again after a backoff), released (handed back "
     "without counting as an attempt), cancelled.",
     ["queue", "type", "outcome"],
+)
+JOB_RETRIES = Counter(
+    "jobwire_job_retries",
+    "Attempts that ended without success and left the job to run again, by cause: "
+    "failed (a retryable failure) or lease_expired.",
+    ["queue", "type", "cause"],
 )
 LEASE_EXPIRIES = Counter(
     "jobwire_lease_expiries",

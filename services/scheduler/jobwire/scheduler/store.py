@@ -457,7 +457,16 @@ class Store:
         """Ends attempts whose lease deadline passed."""
         async with self._transaction() as conn:
             rows = await self._rows(conn, "expire_leases", {"limit": limit})
-        metrics.count(metrics.LEASE_EXPIRIES, ((r["queue"],) for r in rows if r["next_state"]))
+        ended = [r for r in rows if r["next_state"]]
+        metrics.count(metrics.LEASE_EXPIRIES, ((r["queue"],) for r in ended))
+        metrics.count(
+            metrics.JOB_RETRIES,
+            (
+                (r["queue"], r["type"], "lease_expired")
+                for r in ended
+                if r["next_state"] == "PENDING"
+            ),
+        )
         return [
             Expired(
                 job_id=r["id"],
@@ -527,10 +536,9 @@ def _record_settled(rows: Sequence[dict[str, Any]], outcomes: Sequence[str]) -> 
     """Counts settled attempts and their run time, once their statement committed."""
     if not rows:
         return
-    metrics.count(
-        metrics.JOBS_SETTLED,
-        ((r["queue"], r["type"], o) for r, o in zip(rows, outcomes, strict=True)),
-    )
+    labels = [(r["queue"], r["type"], o) for r, o in zip(rows, outcomes, strict=True)]
+    metrics.count(metrics.JOBS_SETTLED, labels)
+    metrics.count(metrics.JOB_RETRIES, ((q, t, "failed") for q, t, o in labels if o == "retried"))
     for row, outcome in zip(rows, outcomes, strict=True):
         if row["run_seconds"] is not None:
             metrics.JOB_RUN_SECONDS.labels(row["queue"], row["type"], outcome).observe(
