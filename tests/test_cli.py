@@ -291,24 +291,27 @@ def test_format_stats() -> None:
     text = format_stats(
         [
             QueueStats(queue="default", ready=3, running=1, oldest_ready_age=timedelta(seconds=75)),
-            QueueStats(queue="emails", succeeded=120, connected_workers=2),
+            QueueStats(queue="emails", succeeded=1200, failed=4, connected_workers=2),
         ]
     )
-    header, first, second = text.splitlines()
+    header, first, second, total = text.splitlines()
     assert header.split() == [
         "QUEUE",
         "READY",
         "SCHEDULED",
         "RUNNING",
-        "SUCCEEDED",
         "FAILED",
+        "SUCCEEDED",
         "CANCELLED",
         "OLDEST",
         "WORKERS",
     ]
-    assert first.split() == ["default", "3", "0", "1", "0", "0", "0", "1m", "0"]
-    assert second.split() == ["emails", "0", "0", "0", "120", "0", "0", "-", "2"]
-    assert len(header) == len(first) == len(second)
+    assert first.split() == ["default", "3", "0", "1", "0", "0", "0", "1m15s", "0"]
+    assert second.split() == ["emails", "0", "0", "0", "4", "1,200", "0", "-", "2"]
+    # Workers are not added up: one worker may serve several queues.
+    assert total.split() == ["(total)", "3", "0", "1", "4", "1,200", "0", "1m15s", "-"]
+    assert len(header) == len(first) == len(second) == len(total)
+    assert len(format_stats([QueueStats(queue="q")]).splitlines()) == 2
 
 
 @pytest.mark.parametrize(

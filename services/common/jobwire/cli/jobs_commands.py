@@ -13,12 +13,14 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 from jobwire.cli.options import add_target, env_flag, positive_int, seconds
+from jobwire.cli.progress import isatty
 from jobwire.client import (
     Client,
     ClientError,
@@ -37,6 +39,7 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_UNAVAILABLE",
     "exit_code_for",
+    "format_age",
     "format_job",
     "format_stats",
     "format_table",
@@ -226,34 +229,68 @@ def _format_jobs(jobs: Sequence[Job], now: datetime) -> str:
     return format_table(headers, rows, right=[4, 5, 7])
 
 
+def format_age(age: timedelta | float) -> str:
+    """A duration to the second for ages that are watched: "3.2s", "42s", "4m12s",
+    "2h03m", "3d07h"."""
+    total = age.total_seconds() if isinstance(age, timedelta) else float(age)
+    total = max(0.0, total)
+    if total < 10:
+        return f"{total:.1f}s"
+    whole = int(total)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+_STATS_HEADERS = [
+    "QUEUE",
+    "READY",
+    "SCHEDULED",
+    "RUNNING",
+    "FAILED",
+    "SUCCEEDED",
+    "CANCELLED",
+    "OLDEST",
+    "WORKERS",
+]
+
+
 def format_stats(queues: Sequence[QueueStats]) -> str:
-    """One row per queue: counts by state, oldest ready age, connected workers."""
+    """One row per queue: jobs by state (FAILED is the dead-letter queue), the age of the
+    oldest ready job, connected workers; then a total row when there are several queues."""
+
+    def counts(q: QueueStats) -> list[str]:
+        return [
+            f"{n:,}" for n in (q.ready, q.scheduled, q.running, q.failed, q.succeeded, q.cancelled)
+        ]
+
     rows = [
         [
             q.queue,
-            str(q.ready),
-            str(q.scheduled),
-            str(q.running),
-            str(q.succeeded),
-            str(q.failed),
-            str(q.cancelled),
-            humanize(q.oldest_ready_age) if q.ready else "-",
-            str(q.connected_workers),
+            *counts(q),
+            format_age(q.oldest_ready_age) if q.ready else "-",
+            f"{q.connected_workers:,}",
         ]
         for q in queues
     ]
-    headers = [
-        "QUEUE",
-        "READY",
-        "SCHEDULED",
-        "RUNNING",
-        "SUCCEEDED",
-        "FAILED",
-        "CANCELLED",
-        "OLDEST",
-        "WORKERS",
-    ]
-    return format_table(headers, rows, right=range(1, 9))
+    if len(queues) > 1:
+        ready = [q.oldest_ready_age for q in queues if q.ready]
+        total = QueueStats(
+            queue="(total)",
+            ready=sum(q.ready for q in queues),
+            scheduled=sum(q.scheduled for q in queues),
+            running=sum(q.running for q in queues),
+            failed=sum(q.failed for q in queues),
+            succeeded=sum(q.succeeded for q in queues),
+            cancelled=sum(q.cancelled for q in queues),
+        )
+        # Workers are not summed: one worker may serve several queues.
+        rows.append([total.queue, *counts(total), format_age(max(ready)) if ready else "-", "-"])
+    return format_table(_STATS_HEADERS, rows, right=range(1, len(_STATS_HEADERS)))
 
 
 def _event_time(event: WatchEvent) -> datetime:
@@ -573,8 +610,19 @@ def _retry(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def _interval(raw: str) -> float:
+    value = seconds(raw)
+    if value < 0.1:
+        raise argparse.ArgumentTypeError(f"must be at least 0.1 seconds, not {raw}")
+    return value
+
+
 def _stats(args: argparse.Namespace, client: Client) -> int:
-    """Show job counts per queue."""
+    """Show job counts per queue: depth, oldest ready age, dead letters, workers."""
+    if args.count is not None and args.watch is None:
+        raise ValueError("--count goes with --watch")
+    if args.watch is not None:
+        return _watch_stats(args, client)
     queues = client.stats(args.queue)
     if args.json:
         _dump({"queues": [q.to_dict() for q in queues]})
@@ -583,6 +631,50 @@ def _stats(args: argparse.Namespace, client: Client) -> int:
     else:
         _out(format_stats(queues))
     return EXIT_OK
+
+
+_CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def _watch_stats(args: argparse.Namespace, client: Client) -> int:
+    """Stats again every `--watch` seconds, like top: the screen redrawn on a terminal,
+    one block (or, with --json, one line) after another elsewhere. A scheduler that is
+    briefly away is shown and waited for; Ctrl-C ends it."""
+    redraw = isatty(sys.stdout) and not args.json
+    shown = 0
+    try:
+        while True:
+            now = datetime.now(UTC)
+            try:
+                queues: list[QueueStats] | None = client.stats(args.queue)
+                problem = ""
+            except ClientError as error:
+                if error.code not in _TRANSIENT:
+                    raise
+                queues, problem = None, f"error: {error} (trying again)"
+            if args.json:
+                if queues is None:
+                    _err(problem)
+                else:
+                    document = {"at": now.isoformat(), "queues": [q.to_dict() for q in queues]}
+                    _dump(document, compact=True)
+            else:
+                heading = f"{format_time(now)}  {args.target}  every {args.watch:g}s"
+                body = format_stats(queues) if queues else "no queues"
+                if redraw:
+                    sys.stdout.write(_CLEAR_SCREEN)
+                    _out(f"{heading}\n\n{problem or body}")
+                elif problem:
+                    _err(problem)
+                else:
+                    gap = "\n" if shown else ""  # a blank line between refreshes
+                    _out(f"{gap}{heading}\n{body}")
+            shown += 1
+            if args.count is not None and shown >= args.count:
+                return EXIT_OK
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 # -- registration -----------------------------------------------------------------------
@@ -699,5 +791,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = _add(subparsers, "retry", _retry, "Run a FAILED or CANCELLED job again as a new job.")
     p.add_argument("id", help="id of the failed or cancelled job")
 
-    p = _add(subparsers, "stats", _stats, "Show job counts per queue and state.")
+    p = _add(
+        subparsers,
+        "stats",
+        _stats,
+        "Show per queue: jobs READY to run now, SCHEDULED for later, RUNNING, FAILED (the\n"
+        "dead-letter queue: jobwire list --state failed), SUCCEEDED and CANCELLED (until\n"
+        "retention prunes them), how long the OLDEST ready job has waited, and the WORKERS\n"
+        "connected to the scheduler replica that answered.",
+    )
     p.add_argument("--queue", help="only this queue")
+    p.add_argument(
+        "--watch",
+        type=_interval,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
+    p.add_argument(
+        "--count", type=positive_int, metavar="N", help="with --watch: stop after N refreshes"
+    )
