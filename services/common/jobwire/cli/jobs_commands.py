@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-from jobwire.cli.options import add_target, env_flag, positive_int, seconds
-from jobwire.cli.progress import isatty
+from jobwire.cli.options import add_progress, add_target, env_flag, positive_int, seconds
+from jobwire.cli.progress import Progress, isatty
 from jobwire.client import (
     Client,
     ClientError,
@@ -40,6 +40,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "exit_code_for",
     "format_age",
+    "format_dead_letters",
     "format_job",
     "format_stats",
     "format_table",
@@ -293,6 +294,47 @@ def format_stats(queues: Sequence[QueueStats]) -> str:
     return format_table(_STATS_HEADERS, rows, right=range(1, len(_STATS_HEADERS)))
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _cut(line: str, width: int | None) -> str:
+    if width is None or len(line) <= width:
+        return line
+    return line[: max(0, width - 3)] + "..."
+
+
+# Below this many columns left for the error, it goes on a line of its own.
+_MIN_ERROR_WIDTH = 30
+
+
+def format_dead_letters(jobs: Sequence[Job], *, width: int | None = None) -> str:
+    """FAILED jobs as an operator looks at them: where, how many attempts, when, and why.
+
+    One line per job with the error last, on one line. With a `width` (the terminal's),
+    lines are cut to it; when that would leave the error too little room, when and why
+    each job failed go on an indented line under it instead.
+    """
+    rows = [[j.id, j.queue, j.type, f"{j.attempt}/{j.max_attempts}"] for j in jobs]
+    times = [format_time(j.finished_at) for j in jobs]
+    kinds = [_cut(_one_line(j.error.kind), 40) if j.error and j.error.kind else "-" for j in jobs]
+    messages = [_one_line(j.error.message) if j.error else "-" for j in jobs]
+    headers = ["ID", "QUEUE", "TYPE", "ATTEMPTS"]
+    wide = format_table(
+        [*headers, "FAILED AT", "KIND", "ERROR"],
+        [[*r, *rest] for r, *rest in zip(rows, times, kinds, messages, strict=True)],
+        right=[3],
+    ).splitlines()
+    if width is None or width - wide[0].rindex("ERROR") >= _MIN_ERROR_WIDTH:
+        return "\n".join(_cut(line, width) for line in wide)
+    narrow = format_table(headers, rows, right=[3]).splitlines()
+    lines = [_cut(narrow[0], width)]
+    for line, when, kind, message in zip(narrow[1:], times, kinds, messages, strict=True):
+        why = f"{kind}: {message}" if kind != "-" else message
+        lines += [_cut(line, width), _cut(f"    {when}  {why}", width)]
+    return "\n".join(lines)
+
+
 def _event_time(event: WatchEvent) -> datetime:
     # The event carries the job as it is now; date the change itself from the history.
     job = event.job
@@ -539,31 +581,57 @@ def _get(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+# Jobs per List call when a command walks many pages: the most the scheduler gives.
+_PAGE = 500
+
+
+def _terminal_width() -> int | None:
+    """Columns of the terminal stdout writes to ($COLUMNS first); None when stdout is not
+    a terminal, so that piped output is never cut."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if not isatty(sys.stdout):
+        return None
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        return None
+
+
 def _list(args: argparse.Namespace, client: Client) -> int:
-    """List jobs newest first."""
+    """List jobs newest first; `--state failed` is the dead-letter queue."""
+    limit: int | None = None if args.all else args.limit
     jobs: list[Job] = []
     token: str | None = args.page_token
-    while len(jobs) < args.limit:
-        # Pages sized to what is still wanted, so the token left over resumes exactly
-        # where this listing stops.
-        size = min(args.limit - len(jobs), 500)
-        page = client.list(
-            queue=args.queue,
-            type=args.type,
-            states=args.state,
-            tenant=args.tenant,
-            page_size=size,
-            page_token=token,
-        )
-        jobs.extend(page.jobs)
-        token = page.next_page_token
-        if not token or not page.jobs:
-            break
+    # Progress only for what takes several calls: a one-page listing is over at once.
+    several = limit is None or limit > _PAGE
+    with Progress("listing", enabled=args.progress if several else False) as progress:
+        while limit is None or len(jobs) < limit:
+            # Pages sized to what is still wanted, so the token left over resumes exactly
+            # where this listing stops.
+            size = _PAGE if limit is None else min(limit - len(jobs), _PAGE)
+            page = client.list(
+                queue=args.queue,
+                type=args.type,
+                states=args.state,
+                tenant=args.tenant,
+                page_size=size,
+                page_token=token,
+            )
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            progress.update(len(jobs))
+            if not token or not page.jobs:
+                break
     if args.json:
         _dump({"jobs": [j.to_dict() for j in jobs], "next_page_token": token})
         return EXIT_OK
+    dead_letters = bool(args.state) and all(s is JobState.FAILED for s in args.state)
     if not jobs:
-        _out("no jobs")
+        _out("no failed jobs" if dead_letters else "no jobs")
+    elif dead_letters:
+        _out(format_dead_letters(jobs, width=_terminal_width()))
     else:
         _out(_format_jobs(jobs, datetime.now(UTC)))
     if token:
@@ -752,7 +820,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = _add(subparsers, "get", _get, "Show a job, its payload, result or error, and attempts.")
     p.add_argument("id", help="job id")
 
-    p = _add(subparsers, "list", _list, "List jobs, newest first.")
+    p = _add(
+        subparsers,
+        "list",
+        _list,
+        "List jobs, newest first. With --state failed alone, the dead-letter view: attempts,\n"
+        "when each job failed, and its error (cut to the terminal's width).",
+    )
     p.add_argument("--queue", help="only this queue")
     p.add_argument("--type", help="only this job type")
     p.add_argument(
@@ -764,10 +838,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only these states: pending running succeeded failed cancelled",
     )
     p.add_argument("--tenant", help="only this tenant")
-    p.add_argument(
+    many = p.add_mutually_exclusive_group()
+    many.add_argument(
         "--limit", type=positive_int, default=50, metavar="N", help="at most N jobs (50)"
     )
+    many.add_argument("--all", action="store_true", help="every matching job, page after page")
     p.add_argument("--page-token", metavar="TOKEN", help="continue a previous listing")
+    add_progress(p)
 
     p = _add(
         subparsers,
