@@ -41,7 +41,8 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        with exc:
+            return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
 
@@ -100,7 +101,11 @@ class Prometheus:
                 raise AssertionError(f"prometheus exited:\n{self.output()}")
             return http_get(f"{self.url}/-/ready")[0] == 200
 
-        wait_for(ready, timeout=30, interval=0.2, message="prometheus ready")
+        try:
+            wait_for(ready, timeout=30, interval=0.2, message="prometheus ready")
+        except BaseException:
+            self.stop()
+            raise
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -123,6 +128,8 @@ class Prometheus:
         }
 
     def stop(self) -> None:
+        if self.popen.poll() is not None:
+            return
         self.popen.terminate()
         try:
             self.popen.wait(15)
