@@ -1,10 +1,11 @@
 """The producer and operator commands: submit, get, list, watch, cancel, retry, stats.
 
 Each command prints for people by default and one JSON document with `--json`.
-Exit codes: 0 success; 1 the job FAILED or was CANCELLED (submit --wait, watch), or an
-unexpected server error; 2 the request was refused (bad input, unknown job, state does
-not allow it, credentials); 3 the scheduler is unreachable or overloaded; 4 `--timeout`
-passed before the job finished.
+Exit codes: 0 success; 1 the job FAILED or was CANCELLED (submit --wait, watch), some
+retries of `retry --all-failed` failed, or an unexpected server error; 2 the request was
+refused (bad input, unknown job, state does not allow it, credentials, no confirmation);
+3 the scheduler is unreachable or overloaded; 4 `--timeout` passed before the job
+finished; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +27,7 @@ from jobwire.cli.progress import Progress, isatty
 from jobwire.client import (
     Client,
     ClientError,
+    FailedPreconditionError,
     Job,
     JobState,
     QueueStats,
@@ -75,11 +79,14 @@ _TRANSIENT = {
 
 _EXIT_CODES_HELP = """\
 exit codes:
-  0  success
-  1  the job FAILED or was CANCELLED, or the scheduler failed unexpectedly
-  2  the request was refused: bad input, unknown job, state does not allow it
-  3  the scheduler is unreachable, too slow or rate limiting
-  4  --timeout passed before the job finished
+  0    success
+  1    the job FAILED or was CANCELLED, some retries of --all-failed failed,
+       or the scheduler failed unexpectedly
+  2    the request was refused: bad input, unknown job, state does not allow it,
+       no confirmation
+  3    the scheduler is unreachable, too slow or rate limiting
+  4    --timeout passed before the job finished
+  130  interrupted (Ctrl-C)
 """
 
 Command = Callable[[argparse.Namespace], int]
@@ -668,7 +675,17 @@ def _cancel(args: argparse.Namespace, client: Client) -> int:
 
 
 def _retry(args: argparse.Namespace, client: Client) -> int:
-    """Run a FAILED or CANCELLED job again as a new job."""
+    """Run a FAILED or CANCELLED job again as a new job, or every FAILED job of a queue."""
+    if args.all_failed:
+        if args.id is not None:
+            raise ValueError("give either a job id or --all-failed, not both")
+        if not args.queue:
+            raise ValueError("--all-failed needs --queue QUEUE")
+        return _retry_all_failed(args, client)
+    if args.id is None:
+        raise ValueError("give the id of a job to retry, or --all-failed --queue QUEUE")
+    if args.queue or args.type or args.yes:
+        raise ValueError("--queue, --type and --yes go with --all-failed")
     job = client.retry(args.id)
     if args.json:
         _dump(job.to_dict())
@@ -676,6 +693,172 @@ def _retry(args: argparse.Namespace, client: Client) -> int:
         _out(job.id)
         _err(f"retry of {args.id} created in queue {job.queue}")
     return EXIT_OK
+
+
+# Retry calls in flight at once during `retry --all-failed`: one per thread.
+_RETRIES_IN_FLIGHT = 4
+
+
+@dataclass
+class _Tally:
+    """What became of the jobs of a `retry --all-failed`."""
+
+    retried: list[tuple[str, str]] = field(default_factory=list)  # (failed id, new id)
+    skipped: list[str] = field(default_factory=list)  # retried before, by anyone
+    errors: list[tuple[str, ClientError]] = field(default_factory=list)
+    unavailable: ClientError | None = None  # the scheduler went away: stopped there
+    interrupted: bool = False
+
+    @property
+    def settled(self) -> int:
+        return len(self.retried) + len(self.skipped) + len(self.errors)
+
+    def summary(self) -> str:
+        errors = len(self.errors)
+        return (
+            f"retried {len(self.retried):,}, skipped {len(self.skipped):,} already retried, "
+            f"{errors:,} error{'' if errors == 1 else 's'}"
+        )
+
+    def note(self) -> str:
+        return f"skipped {len(self.skipped):,}  errors {len(self.errors):,}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "retried": [{"id": old, "new_id": new} for old, new in self.retried],
+            "skipped": self.skipped,
+            "errors": [
+                {"id": job_id, "status": error.status, "message": error.message}
+                for job_id, error in self.errors
+            ],
+            "interrupted": self.interrupted,
+        }
+
+
+def _confirm(question: str) -> bool:
+    """Asks on the terminal; only "y" or "yes" is a yes."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:  # end of input: finish the prompt's line
+        sys.stderr.write("\n")
+    return answer.strip().lower() in {"y", "yes"}
+
+
+def _retry_all_failed(args: argparse.Namespace, client: Client) -> int:
+    """Retries every FAILED job of a queue, with the existing calls: List, then Retry per
+    job. Running it again is safe: a job already retried is refused a second retry, and
+    counted as skipped."""
+    what = f"queue {args.queue}" + (f" of type {args.type}" if args.type else "")
+    ids: list[str] = []
+    with Progress("listing failed jobs", enabled=args.progress) as progress:
+        for job in client.iter_jobs(
+            queue=args.queue, type=args.type, states=[JobState.FAILED], page_size=_PAGE
+        ):
+            ids.append(job.id)
+            progress.update(len(ids))
+    ids.reverse()  # oldest first, so that the new jobs come roughly in the same order
+    tally = _Tally()
+
+    def report(confirmed: bool) -> None:
+        if args.json:
+            _dump(
+                {
+                    "queue": args.queue,
+                    "type": args.type,
+                    "found": len(ids),
+                    "confirmed": confirmed,
+                    **tally.to_dict(),
+                    "not_attempted": len(ids) - tally.settled,
+                }
+            )
+
+    if not ids:
+        report(True)
+        if not args.json:
+            _out(f"no failed jobs in {what}")
+        return EXIT_OK
+    if args.yes:
+        _err(f"retrying {len(ids):,} failed jobs in {what}")
+    elif not isatty(sys.stdin):
+        _err(
+            f"error: found {len(ids):,} failed jobs in {what}, but stdin is not a terminal "
+            "to confirm on: pass --yes to retry them"
+        )
+        return EXIT_REFUSED
+    elif not _confirm(f"Retry {len(ids):,} failed jobs in {what}? [y/N] "):
+        _err("nothing retried")
+        report(False)
+        return EXIT_OK
+
+    with Progress("retrying", total=len(ids), enabled=args.progress) as progress:
+        _retry_each(client, ids, tally, progress)
+    report(True)
+    if not args.json:
+        _out(tally.summary())
+    if tally.interrupted or tally.unavailable is not None:
+        left = len(ids) - tally.settled
+        why = "interrupted" if tally.interrupted else "stopped"
+        _err(f"{why} with {left:,} jobs not tried; run the same command again to go on")
+    if tally.interrupted:
+        return 130
+    if tally.unavailable is not None:
+        return _report(tally.unavailable, args.target)
+    return EXIT_FAILED if tally.errors else EXIT_OK
+
+
+def _retry_each(client: Client, ids: Sequence[str], tally: _Tally, progress: Progress) -> None:
+    """Retries `ids` into `tally` from a few threads. Stops taking more when the scheduler
+    becomes unavailable or on Ctrl-C; the calls already sent are waited for and counted
+    either way, since each thread records its own outcomes."""
+    lock = threading.Lock()
+    stop = threading.Event()
+    todo = iter(ids)
+
+    def record(job_id: str, outcome: Job | ClientError) -> None:
+        if isinstance(outcome, Job):
+            tally.retried.append((job_id, outcome.id))
+        elif isinstance(outcome, FailedPreconditionError) and "already retried" in outcome.message:
+            tally.skipped.append(job_id)
+        else:
+            tally.errors.append((job_id, outcome))
+            if outcome.code in _TRANSIENT:
+                tally.unavailable = tally.unavailable or outcome
+                stop.set()
+            else:
+                progress.write(f"error: {job_id}: {outcome}")
+        progress.update(tally.settled, note=tally.note())
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                job_id = next(todo, None)
+            if job_id is None:
+                return
+            try:
+                outcome: Job | ClientError = client.retry(job_id)
+            except ClientError as error:
+                outcome = error
+            with lock:
+                record(job_id, outcome)
+
+    # Daemon threads: a second Ctrl-C while waiting for them below ends the process.
+    threads = [
+        threading.Thread(target=work, name=f"jobwire-retry-{n}", daemon=True)
+        for n in range(_RETRIES_IN_FLIGHT)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        tally.interrupted = True
+        stop.set()
+        # The calls already sent end within the client's timeout.
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join()
 
 
 def _interval(raw: str) -> float:
@@ -865,8 +1048,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("id", help="job id")
     p.add_argument("--reason", default="", help="recorded in the job's error")
 
-    p = _add(subparsers, "retry", _retry, "Run a FAILED or CANCELLED job again as a new job.")
-    p.add_argument("id", help="id of the failed or cancelled job")
+    p = _add(
+        subparsers,
+        "retry",
+        _retry,
+        "Run a FAILED or CANCELLED job again as a new job (prints the new id).\n"
+        "\n"
+        "With --all-failed --queue QUEUE, retry every FAILED job of the queue: they are\n"
+        "listed, counted and, after a confirmation on the terminal (or --yes), retried\n"
+        "oldest first, a few at a time. A job is retried once only: jobs retried before\n"
+        "are skipped, so the command can be interrupted and run again. Prints a summary;\n"
+        "exits 1 if any retry failed.",
+    )
+    p.add_argument("id", nargs="?", help="id of the failed or cancelled job")
+    p.add_argument(
+        "--all-failed", action="store_true", help="every FAILED job of --queue instead of one id"
+    )
+    p.add_argument("--queue", help="with --all-failed: the queue (required)")
+    p.add_argument("--type", help="with --all-failed: only jobs of this type")
+    p.add_argument(
+        "--yes", "-y", action="store_true", help="with --all-failed: do not ask for confirmation"
+    )
+    add_progress(p)
 
     p = _add(
         subparsers,
