@@ -385,6 +385,7 @@ def test_keda_scaled_object_is_valid(tmp_path: Path) -> None:
     spec = scaled["spec"]
     target = k8s_object("Deployment", spec["scaleTargetRef"]["name"])
     assert target["metadata"]["name"] == "jobwire-worker"
+    assert "replicas" not in target["spec"], "KEDA owns the count; apply would reset it"
     assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "prometheus"
