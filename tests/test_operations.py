@@ -392,3 +392,21 @@ def test_trace_id_travels_from_producer_to_handler_logs(database_url: str, tmp_p
     finally:
         worker.stop()
         scheduler.stop()
+
+
+def test_stats_show_a_queue_that_workers_wait_on_before_it_has_jobs(
+    observed: SchedulerThread,
+) -> None:
+    queue = fresh_queue()
+    worker = StreamClient(observed.target, queues=(queue,), credits=3)
+    try:
+        with Client(observed.target) as client:
+            found = wait_for(
+                lambda: [q for q in client.stats(queue) if q.connected_workers == 1],
+                message="the empty queue in the statistics",
+            )
+            assert [(q.queue, q.ready, q.failed) for q in found] == [(queue, 0, 0)]
+            assert queue in {q.queue for q in client.stats()}
+            assert client.stats(fresh_queue()) == []
+    finally:
+        worker.close()

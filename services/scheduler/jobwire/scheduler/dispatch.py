@@ -109,6 +109,18 @@ class Dispatcher:
     def sessions(self) -> list[Session]:
         return list(self._sessions)
 
+    def workers_by_queue(self) -> dict[str, tuple[int, int]]:
+        """Open Lease streams and their free credit, per queue they serve. Safe to call
+        from another thread (the metrics' scrape): it reads a copy of the sessions."""
+        counts: dict[str, tuple[int, int]] = {}
+        for session in list(self._sessions):
+            if session.closed:
+                continue
+            for queue in session.queues:
+                streams, credit = counts.get(queue, (0, 0))
+                counts[queue] = (streams + 1, credit + session.credit)
+        return counts
+
     def add(self, session: Session) -> None:
         self._sessions.append(session)
         self.wake()

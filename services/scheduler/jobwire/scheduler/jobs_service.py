@@ -16,7 +16,7 @@ from . import convert, validation
 from .batching import GroupCommit
 from .dispatch import Dispatcher, JobChanges
 from .errors import InvalidArgument, SchedulerError
-from .model import Job, ListFilter, NewJob, State, Submitted
+from .model import Job, ListFilter, NewJob, QueueStats, State, Submitted
 from .page_tokens import PageTokens
 from .status import code_of, unary
 from .store import Store
@@ -212,13 +212,17 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self, request: jobs_pb2.StatsRequest, context: Context
     ) -> jobs_pb2.StatsResponse:
         queue = validation.name(request.queue, "queue") if request.queue else None
-        stats = await self._store.stats(queue)
-        workers: dict[str, int] = {}
-        for session in self._dispatcher.sessions:
-            for q in session.queues:
-                workers[q] = workers.get(q, 0) + 1
+        stats = {s.queue: s for s in await self._store.stats(queue)}
+        workers = self._dispatcher.workers_by_queue()
+        # Queues that workers wait on but that have no jobs yet are shown too.
+        for name in workers.keys() - stats.keys():
+            if queue is None or name == queue:
+                stats[name] = QueueStats.empty(name)
         return jobs_pb2.StatsResponse(
-            queues=[convert.queue_stats(s, workers.get(s.queue, 0)) for s in stats]
+            queues=[
+                convert.queue_stats(stats[name], workers.get(name, (0, 0))[0])
+                for name in sorted(stats)
+            ]
         )
 
 

@@ -194,22 +194,18 @@ class ConnectedWorkers(Collector):
                 self._dispatchers.remove(dispatcher)
 
     def collect(self) -> Iterator[Metric]:
-        workers: collections.Counter[str] = collections.Counter()
-        credit: collections.Counter[str] = collections.Counter()
+        totals: dict[str, tuple[int, int]] = {}
         with self._lock:
             dispatchers = list(self._dispatchers)
         for dispatcher in dispatchers:
-            for session in dispatcher.sessions:  # a copy: safe beside the event loop
-                if session.closed:
-                    continue
-                for queue in session.queues:
-                    workers[queue] += 1
-                    credit[queue] += session.credit
+            for queue, (streams, credit) in dispatcher.workers_by_queue().items():
+                known = totals.get(queue, (0, 0))
+                totals[queue] = (known[0] + streams, known[1] + credit)
         connected = _gauge(WORKERS_CONNECTED)
         free = _gauge(WORKER_CREDIT)
-        for queue in sorted(workers):
-            connected.add_metric([queue], workers[queue])
-            free.add_metric([queue], credit[queue])
+        for queue, (streams, credit) in sorted(totals.items()):
+            connected.add_metric([queue], streams)
+            free.add_metric([queue], credit)
         yield connected
         yield free
 

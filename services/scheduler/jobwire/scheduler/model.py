@@ -276,6 +276,19 @@ class QueueStats:
     cancelled: int
     oldest_ready_age: timedelta
 
+    @classmethod
+    def empty(cls, queue: str) -> QueueStats:
+        return cls(
+            queue=queue,
+            ready=0,
+            scheduled=0,
+            running=0,
+            succeeded=0,
+            failed=0,
+            cancelled=0,
+            oldest_ready_age=timedelta(0),
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class ListFilter:
