@@ -59,6 +59,7 @@ METRICS = {
         "jobwire_jobs_leased": "counter",
         "jobwire_jobs_settled": "counter",
         "jobwire_lease_expiries": "counter",
+        "jobwire_job_retries": "counter",
         "jobwire_queue_jobs": "gauge",
         "jobwire_queue_oldest_ready_age_seconds": "gauge",
         "jobwire_job_start_latency_seconds": "histogram",
