@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TOOLS := $(VENV)/deploy-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: dev test tools soak proto lint clean
+.PHONY: dev test tools soak proto docs lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ soak: $(STAMP)
 ## proto: regenerate the Python code and type stubs from protos/
 proto: $(STAMP)
 	PYTHON=$(PY) scripts/genproto
+
+## docs: regenerate the README's configuration, metrics and alerts references from the code
+docs: $(STAMP)
+	$(PY) scripts/reference.py
 
 ## lint: ruff and mypy
 lint: $(STAMP)

@@ -1,6 +1,6 @@
-"""Writes the configuration and metrics references into README.md from the code itself, so
-that they cannot drift: every flag with its JOBWIRE_* variable from the argument parsers,
-every metric from the metric definitions.
+"""Writes the configuration, metrics and alerts references into README.md from the code
+itself, so that they cannot drift: every flag with its JOBWIRE_* variable from the argument
+parsers, every metric from the metric definitions, every alert from the rules file.
 
     python scripts/reference.py          # rewrite the generated parts of README.md
     python scripts/reference.py --check  # exit 1 if README.md is out of date
@@ -136,8 +136,40 @@ def metrics() -> str:
     )
 
 
+def alerts() -> str:
+    import yaml
+
+    rules = yaml.safe_load((README.parent / "deploy" / "prometheus" / "alerts.yml").read_text())
+    lines = [
+        "Generated from `deploy/prometheus/alerts.yml` by `make docs`; each alert's "
+        "description there says what to check.",
+        "",
+        _row(("alert", "severity", "for", "summary")),
+        _row(("---",) * 4),
+    ]
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                summary = re.sub(r"\s*\{\{.*?\}\}\s*", " … ", rule["annotations"]["summary"])
+                lines.append(
+                    _row(
+                        (
+                            f"`{rule['alert']}`",
+                            rule.get("labels", {}).get("severity", ""),
+                            rule.get("for", "0s"),
+                            summary.strip(),
+                        )
+                    )
+                )
+    return "\n".join(lines)
+
+
 def render(readme: str) -> str:
-    for name, text in (("configuration", configuration()), ("metrics", metrics())):
+    for name, text in (
+        ("configuration", configuration()),
+        ("metrics", metrics()),
+        ("alerts", alerts()),
+    ):
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         before, found, rest = readme.partition(start)
         if not found:
