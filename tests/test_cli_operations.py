@@ -247,7 +247,8 @@ def test_stats_shows_depth_oldest_age_running_failed_and_workers(
     for _ in range(3):
         client.submit("t", queue="work", max_attempts=1)
     client.submit("t", queue="work", run_at=timedelta(hours=1))
-    # Ready for 75 seconds already, in a queue nobody serves.
+    # Due 75 seconds before it was submitted, in a queue nobody serves: it has waited
+    # since its submission only.
     client.submit("t", queue="old", run_at=datetime.now(UTC) - timedelta(seconds=75))
     worker = StreamClient(target, queues=("work",), types=("t",), credits=1)
     try:
@@ -277,9 +278,9 @@ def test_stats_shows_depth_oldest_age_running_failed_and_workers(
         assert work[8] == "1"  # the stream worker
         assert work[7].endswith("s") and float(work[7][:-1]) < 10
         assert old[1:7] == ["1", "0", "0", "0", "0", "0"] and old[8] == "0"
-        assert old[7].startswith("1m1")  # 1m15s, give or take a second
+        assert old[7].endswith("s") and float(old[7][:-1]) < 10
         assert total[1:7] == ["3", "1", "1", "1", "0", "0"]
-        assert total[7] == old[7] and total[8] == "-"
+        assert total[7] in (old[7], work[7]) and total[8] == "-"
 
         code, out, _ = run(["stats", "--queue", "work", "--target", target, "--json"], capsys)
         (stats,) = json.loads(out)["queues"]

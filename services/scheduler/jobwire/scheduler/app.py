@@ -14,7 +14,7 @@ from uuid import UUID
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from jobwire.ops.http import OpsServer
+from jobwire.ops.http import OpsServer, loop_responds
 from jobwire.v1 import jobs_pb2, jobs_pb2_grpc, leases_pb2, leases_pb2_grpc
 
 from . import metrics, migrate
@@ -48,7 +48,8 @@ class Settings:
     poll_interval: float = 1.0
     watch_poll_interval: float = 1.0
     health_interval: float = 2.0
-    # The operators' HTTP port (/metrics, /healthz, /readyz); None: not served.
+    # The operators' HTTP port (/metrics, /healthz, /readyz): None is not served, 0 picks a
+    # free port (the command line's 0 means None).
     http_host: str = "0.0.0.0"
     http_port: int | None = None
     # How often queue depths are read for the metrics (one grouped query per replica).
@@ -101,6 +102,15 @@ class Scheduler:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
+        if self.settings.http_port is not None:
+            # First: a port in use stops the start before anything else is opened.
+            loop = asyncio.get_running_loop()
+            self._http = OpsServer(
+                self.settings.http_host,
+                self.settings.http_port,
+                readiness=lambda: self._readiness,
+                liveness=loop_responds(lambda: loop),
+            )
         if self.settings.migrate:
             await asyncio.to_thread(migrate.apply, self.settings.database_url)
         await self.store.open()
@@ -146,13 +156,14 @@ class Scheduler:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self._readiness = (True, "ready: database reachable, schema up to date")
+        self._readiness = await self._check_readiness()
+        await self._set_health(
+            health_pb2.HealthCheckResponse.SERVING
+            if self._readiness[0]
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         metrics.WORKERS.watch(self.dispatcher)
-        if self.settings.http_port is not None:
-            self._http = OpsServer(
-                self.settings.http_host, self.settings.http_port, lambda: self._readiness
-            )
+        if self._http is not None:
             self._http.start()
             log.info("metrics and probes on http://%s:%d", self.settings.http_host, self.http_port)
         self._tasks = [
@@ -258,24 +269,25 @@ class Scheduler:
                 log.warning("notifications paused: %s", exc)
             await asyncio.sleep(self.settings.poll_interval)
 
+    async def _check_readiness(self) -> tuple[bool, str]:
+        """Ready while the database answers and has every migration this version ships."""
+        try:
+            missing = {m.version for m in migrate.available()} - (
+                await self.store.applied_migrations()
+            )
+        except SchedulerError as exc:
+            return False, f"not ready: database unreachable: {exc}"
+        if missing:
+            return False, f"not ready: migrations {sorted(missing)} not applied"
+        return True, "ready: database reachable, schema up to date"
+
     async def _watch_health(self) -> None:
-        """Keeps the gRPC health status and /readyz current: serving while the database
-        answers and has every migration this version ships."""
-        shipped = {m.version for m in migrate.available()}
-        serving = True
+        """Keeps the gRPC health status and /readyz current."""
+        serving = self._readiness[0]
         while True:
             await asyncio.sleep(self.settings.health_interval)
-            try:
-                missing = shipped - await self.store.applied_migrations()
-                ok = not missing
-                reason = (
-                    "ready: database reachable, schema up to date"
-                    if ok
-                    else f"not ready: migrations {sorted(missing)} not applied"
-                )
-            except SchedulerError as exc:
-                ok, reason = False, f"not ready: database unreachable: {exc}"
-            self._readiness = (ok, reason)
+            self._readiness = await self._check_readiness()
+            ok, reason = self._readiness
             if ok != serving:
                 serving = ok
                 status = (
@@ -300,7 +312,11 @@ class Scheduler:
 async def serve(settings: Settings) -> None:
     """Runs a scheduler until SIGTERM or SIGINT, then stops it gracefully."""
     scheduler = Scheduler(settings)
-    await scheduler.start()
+    try:
+        await scheduler.start()
+    except BaseException:
+        await scheduler.stop(grace=0)
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -188,8 +188,12 @@ def run_scheduler(args: argparse.Namespace) -> int:
     from .app import serve
 
     settings = settings_from(args, _need_database_url(args))
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings))
+    except OSError as exc:  # a port in use, an address that is not ours
+        print(f"error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,6 +4,7 @@ and handling time (for a stream, its whole life)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,8 @@ _NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 def _code_name(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+    """The status the call ends with: the one the handler set or aborted with; otherwise
+    OK after a return, CANCELLED after a cancellation, UNKNOWN after an exception."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
@@ -44,7 +47,9 @@ def _code_name(context: grpc.aio.ServicerContext[Any, Any], error: BaseException
         return _NAMES.get(code, "UNKNOWN")
     if error is None:
         return "OK"
-    return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return "CANCELLED"
+    return "UNKNOWN"
 
 
 class _Recorder:
@@ -62,29 +67,28 @@ class _Recorder:
         self._started.inc()
         return time.perf_counter()
 
-    def done(
-        self, began: float, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
-    ) -> None:
+    def done(self, began: float, code: str) -> None:
         self._seconds.observe(time.perf_counter() - began)
-        RPC_HANDLED.labels(self._service, self._method, _code_name(context, error)).inc()
+        RPC_HANDLED.labels(self._service, self._method, code).inc()
 
 
 def _unary_response(
-    inner: Callable[..., Any], recorder: _Recorder
+    inner: Callable[..., Awaitable[Any]], recorder: _Recorder
 ) -> Callable[..., Awaitable[Any]]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         began = recorder.start()
-        error: BaseException | None = None
+        code = "OK"
         try:
-            response = inner(request, context)
-            if inspect.isawaitable(response):
-                response = await response
-            return response
+            response = await inner(request, context)
         except BaseException as exc:
-            error = exc
+            # The name only: keeping the exception would tie this frame to its traceback.
+            code = _code_name(context, exc)
             raise
+        else:
+            code = _code_name(context, None)
+            return response
         finally:
-            recorder.done(began, context, error)
+            recorder.done(began, code)
 
     return behavior
 
@@ -94,22 +98,24 @@ def _stream_response(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         began = recorder.start()
-        error: BaseException | None = None
+        code = "OK"
         try:
             responses = inner(request, context)
             if inspect.isawaitable(responses):  # a handler that writes with context.write
                 await responses
-            elif hasattr(responses, "__aiter__"):
-                async for response in responses:
-                    yield response
             else:
-                for response in responses:
-                    yield response
+                # Closed at once when the call ends early (a cancelled stream), so that the
+                # handler's own clean-up runs now, not whenever the collector gets to it.
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        yield response
         except BaseException as exc:
-            error = exc
+            code = _code_name(context, exc)
             raise
+        else:
+            code = _code_name(context, None)
         finally:
-            recorder.done(began, context, error)
+            recorder.done(began, code)
 
     return behavior
 
@@ -137,7 +143,18 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+def _is_async(function: Any) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+
+
 def _wrap(handler: Any, recorder: _Recorder) -> _Handler:
+    behavior = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    if not _is_async(behavior):
+        # A plain function runs on the server's thread pool; measuring it here would run it
+        # on the event loop instead. Every service of the scheduler is async.
+        return handler  # type: ignore[no-any-return]
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _unary_response(handler.unary_unary, recorder),

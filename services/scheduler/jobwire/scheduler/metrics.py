@@ -74,9 +74,9 @@ JOBS_LEASED = Counter(
 )
 JOBS_SETTLED = Counter(
     "jobwire_jobs_settled",
-    "Attempts a worker ended, by outcome: succeeded, failed (final: the job is in the "
-    "dead-letter state), retried (runs again after a backoff), released (handed back "
-    "without counting as an attempt), cancelled.",
+    "Attempts ended, by the worker's outcome or by an expired lease: succeeded, failed "
+    "(final: the job is in the dead-letter state), retried (runs again after a backoff), "
+    "released (handed back without counting as an attempt), cancelled.",
     ["queue", "type", "outcome"],
 )
 JOB_RETRIES = Counter(
@@ -135,8 +135,7 @@ OLDEST_READY_AGE = GaugeSpec(
 )
 WORKERS_CONNECTED = GaugeSpec(
     "jobwire_workers_connected",
-    "Worker Lease streams open on this scheduler replica, by queue they serve; sum over "
-    "replicas.",
+    "Worker Lease streams open on this scheduler replica, by queue they serve; sum over replicas.",
     ("queue",),
 )
 WORKER_CREDIT = GaugeSpec(

@@ -161,6 +161,11 @@ class Job:
     spec_digest: bytes | None = None
     attempts: tuple[Attempt, ...] = ()
 
+    @property
+    def ready_at(self) -> datetime:
+        """When the job could first run: its run_at, unless that was before it existed."""
+        return max(self.run_at, self.created_at)
+
     @classmethod
     def from_row(cls, row: Mapping[str, Any], attempts: tuple[Attempt, ...] = ()) -> Job:
         return cls(

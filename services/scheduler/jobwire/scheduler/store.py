@@ -55,8 +55,9 @@ Conn = psycopg.AsyncConnection[dict[str, Any]]
 
 # Outcomes that a repeated settle of the same kind may find already recorded.
 _SAME_ACK = {Outcome.SUCCEEDED}
-# The metrics' outcome of a nack by the state it left the job in.
-_NACK_OUTCOMES = {"PENDING": "retried", "FAILED": "failed", "CANCELLED": "cancelled"}
+# The metrics' outcome of an attempt that ended without success, by the state it left
+# the job in.
+_END_OUTCOMES = {"PENDING": "retried", "FAILED": "failed", "CANCELLED": "cancelled"}
 _SAME_NACK = {Outcome.FAILED, Outcome.CANCELLED, Outcome.RELEASED}
 
 
@@ -335,7 +336,7 @@ class Store:
                 # The database's clock on both ends: the lease began at deadline - timeout.
                 assert j.lease_deadline is not None
                 latency.observe(
-                    max(0.0, (j.lease_deadline - j.lease_timeout - j.run_at).total_seconds())
+                    max(0.0, (j.lease_deadline - j.lease_timeout - j.ready_at).total_seconds())
                 )
         return jobs
 
@@ -353,9 +354,10 @@ class Store:
             settled[:] = await self._rows(conn, "ack_jobs", params)
             return {(r["id"], r["token"]) for r in settled}
 
-        refusals = await self._settle(items, run, _SAME_ACK, atomic=atomic)
-        _record_settled(settled, ["succeeded"] * len(settled))
-        return refusals
+        def record() -> None:
+            _record_settled(settled, ["succeeded"] * len(settled))
+
+        return await self._settle(items, run, _SAME_ACK, atomic=atomic, on_committed=record)
 
     async def nack(self, items: Sequence[Nack], *, atomic: bool) -> list[Refusal]:
         params = {
@@ -376,18 +378,20 @@ class Store:
             settled[:] = [r for r in rows if r["next_state"] is not None]
             return {(r["id"], r["token"]) for r in settled}
 
-        refusals = await self._settle(items, run, _SAME_NACK, atomic=atomic)
-        released = {(i.job_id, i.lease_token) for i in items if i.release}
-        _record_settled(
-            settled,
-            [
-                "released"
-                if (r["id"], r["token"]) in released
-                else _NACK_OUTCOMES.get(r["next_state"], "failed")
-                for r in settled
-            ],
-        )
-        return refusals
+        def record() -> None:
+            released = {(i.job_id, i.lease_token) for i in items if i.release}
+            _record_settled(
+                settled,
+                [
+                    # A hand-back of a job whose cancel was asked for ends it CANCELLED.
+                    "released"
+                    if r["next_state"] == "PENDING" and (r["id"], r["token"]) in released
+                    else _END_OUTCOMES[r["next_state"]]
+                    for r in settled
+                ],
+            )
+
+        return await self._settle(items, run, _SAME_NACK, atomic=atomic, on_committed=record)
 
     async def extend(
         self, items: Sequence[Extension], *, atomic: bool
@@ -423,6 +427,7 @@ class Store:
         same_outcome: set[Outcome],
         *,
         atomic: bool,
+        on_committed: Callable[[], None] | None = None,
     ) -> list[Refusal]:
         """Applies a guarded batch and explains every item it did not apply.
 
@@ -430,27 +435,34 @@ class Store:
         group commits, on the hot path) need no transaction around the guarded statement:
         it is atomic by itself, and what explains a refusal (which attempt a token named,
         how it ended) is history that no longer changes.
+
+        `on_committed` runs once what was applied is committed: at once without a
+        transaction, after the commit with one, never when an atomic batch is refused.
         """
         async with self._transaction() if atomic else self._conn() as conn:
             applied: set[tuple[UUID, UUID]] = await run(conn)
+            if on_committed is not None and not atomic:
+                on_committed()
             missed = [i for i in items if (i.job_id, i.lease_token) not in applied]
-            if not missed:
-                return []
-            rows = await self._rows(
-                conn,
-                "explain_refusals",
-                {
-                    "id": [i.job_id for i in missed],
-                    "token": [i.lease_token for i in missed],
-                },
-            )
-            explained = {(r["id"], r["token"]): _refusal(r, same_outcome) for r in rows}
-            # In the order of the request: the first refused item decides an atomic call.
-            refusals = [explained[(i.job_id, i.lease_token)] for i in missed]
-            if atomic:
-                first = next((r for r in refusals if r.error is not None), None)
-                if first is not None and first.error is not None:
-                    raise first.error
+            refusals: list[Refusal] = []
+            if missed:
+                rows = await self._rows(
+                    conn,
+                    "explain_refusals",
+                    {
+                        "id": [i.job_id for i in missed],
+                        "token": [i.lease_token for i in missed],
+                    },
+                )
+                explained = {(r["id"], r["token"]): _refusal(r, same_outcome) for r in rows}
+                # In the order of the request: the first refused item decides an atomic call.
+                refusals = [explained[(i.job_id, i.lease_token)] for i in missed]
+                if atomic:
+                    first = next((r for r in refusals if r.error is not None), None)
+                    if first is not None and first.error is not None:
+                        raise first.error
+        if on_committed is not None and atomic:
+            on_committed()
         return refusals
 
     async def expire_leases(self, *, limit: int) -> list[Expired]:
@@ -459,6 +471,10 @@ class Store:
             rows = await self._rows(conn, "expire_leases", {"limit": limit})
         ended = [r for r in rows if r["next_state"]]
         metrics.count(metrics.LEASE_EXPIRIES, ((r["queue"],) for r in ended))
+        metrics.count(
+            metrics.JOBS_SETTLED,
+            ((r["queue"], r["type"], _END_OUTCOMES[r["next_state"]]) for r in ended),
+        )
         metrics.count(
             metrics.JOB_RETRIES,
             (

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobwire.cli.options import add_target, env_flag, positive_int, seconds
-from jobwire.ops.http import OpsServer
+from jobwire.ops.http import OpsServer, loop_responds
 from jobwire.ops.logs import configure as configure_logs
 from jobwire.ops.options import add_http_flags
 
@@ -165,7 +165,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     ops = None
     if args.http_port:
-        ops = OpsServer(args.http_host, args.http_port, lambda: _readiness(worker))
+        try:
+            ops = OpsServer(
+                args.http_host,
+                args.http_port,
+                readiness=lambda: _readiness(worker),
+                liveness=loop_responds(lambda: worker.loop),
+            )
+        except OSError as exc:
+            log.error("%s (--http-port, JOBWIRE_WORKER_HTTP_PORT; 0 turns it off)", exc.strerror)
+            return 2
         ops.start()
         log.info("metrics and probes on http://%s:%d", args.http_host, ops.port)
     try:

@@ -134,6 +134,11 @@ class Worker:
     # -- state, for watching -----------------------------------------------------------
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the worker runs on, once it runs."""
+        return self._loop
+
+    @property
     def connected(self) -> bool:
         """True while a Lease stream is open and its Hello has been written."""
         return self._engine is not None and self._engine.connection.connected

@@ -203,7 +203,9 @@ SELECT queue,
        count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded,
        count(*) FILTER (WHERE state = 'FAILED') AS failed,
        count(*) FILTER (WHERE state = 'CANCELLED') AS cancelled,
-       extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'PENDING' AND run_at <= now()))
+       -- Waiting since run_at, or since the job was submitted when run_at was earlier.
+       extract(epoch FROM now() - min(greatest(run_at, created_at))
+                                  FILTER (WHERE state = 'PENDING' AND run_at <= now()))
            AS oldest_ready_seconds
 FROM jobwire_jobs
 WHERE %(queue)s::text IS NULL OR queue = %(queue)s
