@@ -3,7 +3,6 @@ and retry --all-failed with its confirmation, progress and summary."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -42,20 +41,7 @@ from jobwire.client import (
 from jobwire.v1 import job_pb2, leases_pb2
 
 from tests.support import StreamClient, wait_for
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobwire")
-    jobs_commands.register(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    args = make_parser().parse_args(argv)
-    code = args.func(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from tests.test_cli import make_parser, run
 
 _DRIVER = (
     "import argparse, sys\n"

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from google.protobuf.duration_pb2 import Duration
-from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc
+from jobwire.v1 import job_pb2
 from jobwire.worker import (
     ConfigurationError,
     HandlerRegistry,
@@ -39,6 +38,7 @@ from jobwire.worker import (
 from jobwire.worker.mailer import SmtpSettings
 
 from tests.support import wait_for
+from tests.test_worker_integration import Producer
 
 SERVER_NAME = "smtp.test"
 USERNAME = "mailer"
@@ -682,26 +682,8 @@ def test_worker_command_refuses_to_start_with_unusable_smtp_settings() -> None:
 # -- end to end: a scheduler, a worker, an SMTP server ------------------------------------------
 
 
-class Jobs:
-    """Submits and follows jobs through the generated Jobs stub."""
-
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
-        self.stub = jobs_pb2_grpc.JobsStub(self.channel)
-
-    def submit(self, payload: Any, **spec: Any) -> str:
-        job_spec = job_pb2.JobSpec(
-            type="email",
-            payload=job_pb2.Payload(
-                data=json.dumps(payload).encode(), content_type="application/json"
-            ),
-            **spec,
-        )
-        response = self.stub.Submit(jobs_pb2.SubmitRequest(jobs=[job_spec]), timeout=10)
-        return str(response.results[0].job.id)
-
-    def get(self, job_id: str) -> job_pb2.Job:
-        return self.stub.Get(jobs_pb2.GetRequest(id=job_id), timeout=10).job
+class Jobs(Producer):
+    """The integration tests' producer, also waiting on any condition of a job."""
 
     def wait(
         self, job_id: str, done: Callable[[job_pb2.Job], bool], what: str, timeout: float = 30
@@ -711,16 +693,6 @@ class Jobs:
             return job if done(job) else None
 
         return wait_for(check, timeout=timeout, message=f"job {job_id} {what}")
-
-    def wait_state(self, job_id: str, state: job_pb2.JobState.ValueType) -> job_pb2.Job:
-        terminal = {
-            job_pb2.JOB_STATE_SUCCEEDED,
-            job_pb2.JOB_STATE_FAILED,
-            job_pb2.JOB_STATE_CANCELLED,
-        }
-        job = self.wait(job_id, lambda job: job.state in terminal, "to finish")
-        assert job.state == state, f"{job_pb2.JobState.Name(job.state)}: {job.error}"
-        return job
 
 
 @contextlib.contextmanager
@@ -760,13 +732,14 @@ def jobs(scheduler: Any) -> Iterator[Jobs]:
 def test_email_job_end_to_end(scheduler: Any, jobs: Jobs, server: SmtpServer) -> None:
     with running_worker(scheduler.target, server.settings()):
         job_id = jobs.submit(
+            "email",
             {
                 "to": ["Ann <ann@example.com>", "nobody@example.com"],
                 "subject": "Job e2e",
                 "text": "Sent by a worker.\n",
-            }
+            },
         )
-        job = jobs.wait_state(job_id, job_pb2.JOB_STATE_SUCCEEDED)
+        job = jobs.wait_state(job_id, job_pb2.JOB_STATE_SUCCEEDED, timeout=30)
     assert job.attempt == 1
     assert job.result.content_type == "application/json"
     result = json.loads(job.result.data)
@@ -786,8 +759,8 @@ def test_refused_recipient_fails_the_job_without_a_retry(
     scheduler: Any, jobs: Jobs, server: SmtpServer
 ) -> None:
     with running_worker(scheduler.target, server.settings()):
-        job_id = jobs.submit({**MESSAGE, "to": "nobody@example.com"}, max_attempts=3)
-        job = jobs.wait_state(job_id, job_pb2.JOB_STATE_FAILED)
+        job_id = jobs.submit("email", {**MESSAGE, "to": "nobody@example.com"}, max_attempts=3)
+        job = jobs.wait_state(job_id, job_pb2.JOB_STATE_FAILED, timeout=30)
     assert job.attempt == 1
     assert len(job.attempts) == 1
     assert job.error.kind == "recipient_refused"
@@ -799,8 +772,10 @@ def test_invalid_payload_fails_the_job_without_a_retry(
     scheduler: Any, jobs: Jobs, server: SmtpServer
 ) -> None:
     with running_worker(scheduler.target, server.settings()):
-        job_id = jobs.submit({**MESSAGE, "subject": "Hi\r\nBcc: x@example.com"}, max_attempts=3)
-        job = jobs.wait_state(job_id, job_pb2.JOB_STATE_FAILED)
+        job_id = jobs.submit(
+            "email", {**MESSAGE, "subject": "Hi\r\nBcc: x@example.com"}, max_attempts=3
+        )
+        job = jobs.wait_state(job_id, job_pb2.JOB_STATE_FAILED, timeout=30)
     assert job.attempt == 1
     assert job.error.kind == "invalid_payload"
 
@@ -811,7 +786,7 @@ def test_job_is_retried_while_the_server_is_down_and_sent_once_it_is_back(
     down = SmtpServer()  # its port, with nothing listening yet
     backoff = job_pb2.BackoffPolicy(initial=Duration(seconds=2), multiplier=1.0, jitter=0.0)
     with running_worker(scheduler.target, down.settings()):
-        job_id = jobs.submit(MESSAGE, max_attempts=5, backoff=backoff)
+        job_id = jobs.submit("email", MESSAGE, max_attempts=5, backoff=backoff)
         first = jobs.wait(
             job_id,
             lambda job: len(job.attempts) >= 1 and job.attempts[0].HasField("finished_at"),
@@ -822,7 +797,7 @@ def test_job_is_retried_while_the_server_is_down_and_sent_once_it_is_back(
         assert first.state in (job_pb2.JOB_STATE_PENDING, job_pb2.JOB_STATE_RUNNING)
         down.start()
         try:
-            job = jobs.wait_state(job_id, job_pb2.JOB_STATE_SUCCEEDED)
+            job = jobs.wait_state(job_id, job_pb2.JOB_STATE_SUCCEEDED, timeout=30)
         finally:
             down.stop()
     assert job.attempt >= 2
