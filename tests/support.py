@@ -6,6 +6,8 @@ import asyncio
 import queue
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -32,6 +34,18 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    """Status and body of a GET; status 0 when nothing listens (yet, or any more)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
 
 
 class SchedulerThread:

@@ -13,8 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -29,17 +27,11 @@ from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import SchedulerProcess, WorkerProcess, free_port
-from tests.support import SchedulerThread, StreamClient, wait_for
+from tests.support import SchedulerThread, StreamClient, http_get, wait_for
 
 
 def fetch(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except urllib.error.URLError as error:  # not listening yet, or any more
-        return 0, str(error.reason)
+    return http_get(f"http://127.0.0.1:{port}{path}")
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -27,24 +27,13 @@ from jobwire.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import SchedulerProcess, WorkerProcess, free_port
-from tests.support import wait_for
+from tests.support import http_get, wait_for
 from tests.test_deploy import INSTALL_HINT, METRICS, PROMETHEUS
 
 pytestmark = pytest.mark.slow
 
 # The scrape jobs of prometheus.yml, and which process each one scrapes here.
 JOBS = {"jobwire-scheduler": "scheduler", "jobwire-worker": "worker"}
-
-
-def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def derived_config(ports: dict[str, int], rules: Path) -> dict[str, Any]:

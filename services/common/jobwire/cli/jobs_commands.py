@@ -102,10 +102,14 @@ def format_time(value: datetime | None) -> str:
     return value.astimezone().replace(microsecond=0).isoformat()
 
 
+def _seconds(age: timedelta | float) -> float:
+    """An age in seconds, never negative (clocks of two machines may disagree)."""
+    return max(0.0, age.total_seconds() if isinstance(age, timedelta) else float(age))
+
+
 def humanize(age: timedelta | float) -> str:
     """A short duration for people: "3.2s", "42s", "5m", "1h30m", "2d4h"."""
-    total = age.total_seconds() if isinstance(age, timedelta) else float(age)
-    total = max(0.0, total)
+    total = _seconds(age)
     if total < 10:
         return f"{total:.1f}s"
     if total < 60:
@@ -240,8 +244,7 @@ def _format_jobs(jobs: Sequence[Job], now: datetime) -> str:
 def format_age(age: timedelta | float) -> str:
     """A duration to the second for ages that are watched: "3.2s", "42s", "4m12s",
     "2h03m", "3d07h"."""
-    total = age.total_seconds() if isinstance(age, timedelta) else float(age)
-    total = max(0.0, total)
+    total = _seconds(age)
     if total < 10:
         return f"{total:.1f}s"
     whole = int(total)
