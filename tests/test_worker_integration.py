@@ -293,6 +293,83 @@ def test_execution_timeout_is_reported_as_timeout(
     assert cancelled.wait(5)
 
 
+def test_prefetched_jobs_wait_for_a_slot_with_their_leases_held(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    gate = threading.Event()
+    started: list[int] = []
+    deadlines: list[float | None] = []
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("gated")
+        def gated(payload: Any, ctx: JobContext) -> int:
+            started.append(payload["n"])
+            deadline = ctx.execution_deadline
+            deadlines.append(deadline.timestamp() - time.time() if deadline else None)
+            gate.wait(20)
+            return int(payload["n"])
+
+    running = start_worker(setup, concurrency=1, prefetch=2)
+    # A 1 s lease for all; a 1 s execution timeout for those that wait their turn.
+    ids = [producer.submit("gated", {"n": 0}, lease_timeout=Duration(seconds=1))] + [
+        producer.submit(
+            "gated",
+            {"n": n},
+            lease_timeout=Duration(seconds=1),
+            execution_timeout=Duration(seconds=1),
+        )
+        for n in (1, 2, 3)
+    ]
+    wait_for(
+        lambda: (running.worker.active_jobs, running.worker.prefetched_jobs) == (1, 2),
+        message="one job running and two prefetched",
+    )
+    # Past the lease and the execution timeout: the waiting jobs keep their leases (the
+    # heartbeat extends them too) and their execution clock has not started.
+    time.sleep(2.5)
+    assert [producer.get(i).state for i in ids] == [RUNNING, RUNNING, RUNNING, PENDING]
+    assert started == [0]
+    gate.set()
+    for n, job_id in enumerate(ids):
+        job = producer.wait_state(job_id, SUCCEEDED)
+        assert (json.loads(job.result.data), job.attempt) == (n, 1)
+    assert started == [0, 1, 2, 3]
+    assert deadlines[0] is None
+    assert all(d is not None and 0 < d <= 1 for d in deadlines[1:])
+
+
+def test_a_cancelled_prefetched_job_never_starts_and_a_drain_hands_back_the_rest(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    gate = threading.Event()
+    started: list[int] = []
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("gated")
+        def gated(payload: Any) -> int:
+            started.append(payload["n"])
+            gate.wait(20)
+            return int(payload["n"])
+
+    running = start_worker(setup, concurrency=1, prefetch=2, drain_grace=30)
+    ids = [producer.submit("gated", {"n": n}) for n in range(3)]
+    wait_for(lambda: running.worker.prefetched_jobs == 2, message="two jobs prefetched")
+    cancelled = producer.cancel(ids[1])
+    assert producer.wait_state(ids[1], CANCELLED).attempts[-1].outcome == (
+        job_pb2.ATTEMPT_OUTCOME_CANCELLED
+    ), cancelled
+    # Shutting down: the waiting job goes back at once, the running one may finish.
+    stopper = threading.Thread(target=running.stop)
+    stopper.start()
+    handed_back = producer.wait_state(ids[2], PENDING)
+    assert handed_back.attempts[-1].outcome == job_pb2.ATTEMPT_OUTCOME_RELEASED
+    assert producer.get(ids[0]).state == RUNNING
+    gate.set()
+    stopper.join(30)
+    assert producer.wait_state(ids[0], SUCCEEDED).attempt == 1
+    assert started == [0]
+
+
 def test_leases_are_extended_while_a_handler_runs(
     producer: Producer, start_worker: Callable[..., WorkerThread]
 ) -> None:

@@ -160,6 +160,8 @@ def test_errors_share_one_root() -> None:
         {"queues": ["bad queue"]},
         {"concurrency": 0},
         {"concurrency": 10001},
+        {"prefetch": -1},
+        {"concurrency": 9000, "prefetch": 1001},
         {"drain_grace": -1},
         {"worker_id": "has space"},
     ],
@@ -173,6 +175,7 @@ def test_worker_defaults() -> None:
     worker = Worker("127.0.0.1:1", queues=["a", "b", "a"])
     assert worker.queues == ("a", "b")
     assert worker.concurrency == 8
+    assert worker.settings.prefetch == 0
     assert worker.drain_grace == 30.0
     host_pid, _, suffix = worker.worker_id.rpartition("-")
     assert host_pid.endswith(f"-{os.getpid()}")
@@ -672,11 +675,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_cli_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("JOBWIRE_QUEUES", "JOBWIRE_CONCURRENCY", "JOBWIRE_DRAIN_GRACE", "JOBWIRE_IMPORTS",
-                 "JOBWIRE_WORKER_ID", "JOBWIRE_BUILTINS", "JOBWIRE_TARGET"):
+                 "JOBWIRE_WORKER_ID", "JOBWIRE_BUILTINS", "JOBWIRE_TARGET", "JOBWIRE_PREFETCH"):
         monkeypatch.delenv(name, raising=False)
     args = parse([])
     assert args.queues == ["default"]
     assert args.concurrency == 8
+    assert args.prefetch == 0
     assert args.imports == []
     assert args.builtins is True
     assert args.drain_grace == 30.0
@@ -688,8 +692,10 @@ def test_cli_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBWIRE_QUEUES", "a,b")
     monkeypatch.setenv("JOBWIRE_CONCURRENCY", "3")
     monkeypatch.setenv("JOBWIRE_DRAIN_GRACE", "2.5")
+    monkeypatch.setenv("JOBWIRE_PREFETCH", "6")
     args = parse([])
     assert (args.queues, args.concurrency, args.drain_grace) == (["a", "b"], 3, 2.5)
+    assert args.prefetch == 6
     args = parse(["--queue", "x", "--queue", "y,z", "--import", "m1", "--import", "m2",
                   "--no-builtins", "--worker-id", "w1", "--target", "h:1"])
     assert args.queues == ["x", "y", "z"]  # the command line replaces the environment
@@ -697,7 +703,9 @@ def test_cli_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (args.builtins, args.worker_id, args.target) == (False, "w1", "h:1")
 
 
-@pytest.mark.parametrize("argv", [["--concurrency", "0"], ["--drain-grace", "-1"]])
+@pytest.mark.parametrize(
+    "argv", [["--concurrency", "0"], ["--drain-grace", "-1"], ["--prefetch", "-1"]]
+)
 def test_cli_refuses_bad_numbers(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse(argv)

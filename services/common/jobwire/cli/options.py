@@ -9,15 +9,24 @@ from typing import Any
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
-def positive_int(raw: str) -> int:
-    """argparse type: a whole number of at least 1."""
+def _whole_number(raw: str, minimum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
     return value
+
+
+def positive_int(raw: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    return _whole_number(raw, 1)
+
+
+def non_negative_int(raw: str) -> int:
+    """argparse type: a whole number of at least 0."""
+    return _whole_number(raw, 0)
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from jobwire.cli.options import env_flag, positive_int
+from jobwire.cli.options import env_flag, non_negative_int, positive_int
 
 SCENARIO_NAMES = ("drain", "submit-single", "submit-batch", "latency", "growth", "mixed")
 
@@ -101,6 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=32,
         type=positive_int,
         help="slots of each worker",
+    )
+    env_flag(
+        parser,
+        "--prefetch",
+        env="JOBWIRE_BENCH_PREFETCH",
+        default=96,
+        type=non_negative_int,
+        help="jobs each worker leases ahead of its free slots (its --prefetch)",
     )
     sizes: list[tuple[str, str, Any, Any, str]] = [
         ("--drain-jobs", "drain_jobs", 20_000, positive_int, "drain: jobs submitted"),

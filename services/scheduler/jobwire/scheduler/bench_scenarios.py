@@ -43,6 +43,7 @@ class Sizes:
     """How much work each scenario does (the defaults are the full benchmark)."""
 
     concurrency: int = 32
+    prefetch: int = 96
     drain_jobs: int = 20_000
     single_jobs: int = 10_000
     single_producers: int = 8
@@ -89,6 +90,16 @@ class Bench:
 
     def say(self, message: str) -> None:
         tqdm.write(message)
+
+    def worker(self, target: str, worker_id: str, *, stamp: bool = False) -> Proc:
+        """One worker process with the benchmark's concurrency and prefetch."""
+        return self.stack.worker(
+            target,
+            worker_id,
+            concurrency=self.sizes.concurrency,
+            prefetch=self.sizes.prefetch,
+            stamp=stamp,
+        )
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -231,7 +242,7 @@ def drain(bench: Bench) -> RunResult:
         scheduler, target = stack.scheduler(url)
         with bench.bar(n, "submitted") as bar, grpc.insecure_channel(target) as channel:
             submit_batches(jobs_pb2_grpc.JobsStub(channel), n, bar)
-        worker = stack.worker(target, "bench-drain", concurrency=bench.sizes.concurrency)
+        worker = bench.worker(target, "bench-drain")
         meter = stack.meter(scheduler=scheduler.pid, worker=worker.pid)
         with bench.bar(n) as bar:
             wait_succeeded(conn, n, [scheduler, worker], bar, on_first=meter.start)
@@ -320,7 +331,7 @@ def latency(bench: Bench) -> RunResult:
     warmup = 20
     with _database(bench) as (url, conn):
         scheduler, target = stack.scheduler(url)
-        worker = stack.worker(target, "bench-latency", concurrency=s.concurrency, stamp=True)
+        worker = bench.worker(target, "bench-latency", stamp=True)
         procs = [scheduler, worker]
         with grpc.insecure_channel(target) as channel:
             stub = jobs_pb2_grpc.JobsStub(channel)
@@ -413,7 +424,7 @@ def growth(bench: Bench) -> RunResult:
         setup_seconds = time.monotonic() - began
         plan = explain_lease(url, s.concurrency)
         scheduler, target = stack.scheduler(url)
-        worker = stack.worker(target, "bench-growth", concurrency=s.concurrency)
+        worker = bench.worker(target, "bench-growth")
         meter = stack.meter(scheduler=scheduler.pid, worker=worker.pid)
         with bench.bar(n) as bar:
             wait_succeeded(conn, n, [scheduler, worker], bar, on_first=meter.start)
@@ -501,7 +512,7 @@ def mixed(bench: Bench) -> RunResult:
     extra = ["--retention", s.mixed_retention, "--prune-interval", s.mixed_prune_interval]
     with _database(bench) as (url, conn):
         scheduler, target = stack.scheduler(url, extra)
-        worker = stack.worker(target, "bench-mixed", concurrency=s.concurrency)
+        worker = bench.worker(target, "bench-mixed")
         procs = [scheduler, worker]
         with grpc.insecure_channel(target) as channel:
             jobs_pb2_grpc.JobsStub(channel).Submit(request(10), timeout=RPC_TIMEOUT)

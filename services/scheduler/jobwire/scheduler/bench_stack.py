@@ -320,13 +320,20 @@ class Stack:
         return proc, target
 
     def worker(
-        self, target: str, worker_id: str, *, concurrency: int = 32, stamp: bool = False
+        self,
+        target: str,
+        worker_id: str,
+        *,
+        concurrency: int = 32,
+        prefetch: int = 0,
+        stamp: bool = False,
     ) -> Proc:
         """Starts `jobwire worker` with the built-in job types (and the stamp handler)."""
         args = [
             "worker",
             "--target", target,
             "--concurrency", str(concurrency),
+            "--prefetch", str(prefetch),
             "--worker-id", worker_id,
             "--drain-grace", "5",
         ]  # fmt: skip

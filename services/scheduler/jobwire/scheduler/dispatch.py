@@ -24,6 +24,11 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+# Most jobs claimed by one statement. A stream with more credit than this gets several
+# claims in a row, so its worker starts on the first jobs while the next are claimed,
+# instead of each side waiting for the other's whole batch.
+LEASE_CHUNK = 64
+
 
 @dataclass(eq=False, kw_only=True)
 class Session:
@@ -187,48 +192,57 @@ class Dispatcher:
                 await asyncio.sleep(self._poll_interval)
 
     async def _dispatch_once(self) -> None:
-        for session in list(self._sessions):
-            for queue in session.queues:
-                if not session.wants_jobs:
-                    break
-                jobs = await self._store.lease(
-                    queue=queue,
-                    types=session.types,
-                    worker_id=session.worker_id,
-                    limit=session.credit,
+        """Leases for every session with credit, in rounds of at most LEASE_CHUNK jobs per
+        session and queue, until no claim comes back full (nothing more is ready, or no
+        credit is left). Rounds keep one busy stream from starving the others."""
+        more = True
+        while more:
+            more = False
+            for session in list(self._sessions):
+                for queue in session.queues:
+                    if not session.wants_jobs:
+                        break
+                    limit = min(session.credit, LEASE_CHUNK)
+                    leased = await self._lease(session, queue, limit)
+                    more = more or leased == limit
+
+    async def _lease(self, session: Session, queue: str, limit: int) -> int:
+        """Claims up to `limit` jobs of `queue` for `session` and sends them; returns how
+        many it claimed."""
+        jobs = await self._store.lease(
+            queue=queue, types=session.types, worker_id=session.worker_id, limit=limit
+        )
+        session.credit -= len(jobs)
+        if jobs and session.closed:
+            # The stream ended while we claimed: hand the leases the short grace.
+            await self._store.pull_in_leases(
+                worker_id=session.worker_id,
+                grace=self._stream_grace,
+                keep=self.held_elsewhere(session),
+            )
+        for job in jobs:
+            assert job.lease_token is not None and job.lease_deadline is not None
+            self.hold(session, job.id, job.lease_token)
+            session.send(
+                leases_pb2.LeaseResponse(
+                    job=leases_pb2.LeasedJob(
+                        job=convert.job(job),
+                        lease_token=str(job.lease_token),
+                        lease_deadline=convert.timestamp(job.lease_deadline),
+                    )
                 )
-                if not jobs:
-                    continue
-                session.credit -= len(jobs)
-                if session.closed:
-                    # The stream ended while we claimed: hand the leases the short grace.
-                    await self._store.pull_in_leases(
-                        worker_id=session.worker_id,
-                        grace=self._stream_grace,
-                        keep=self.held_elsewhere(session),
-                    )
-                for job in jobs:
-                    assert job.lease_token is not None and job.lease_deadline is not None
-                    self.hold(session, job.id, job.lease_token)
-                    session.send(
-                        leases_pb2.LeaseResponse(
-                            job=leases_pb2.LeasedJob(
-                                job=convert.job(job),
-                                lease_token=str(job.lease_token),
-                                lease_deadline=convert.timestamp(job.lease_deadline),
-                            )
-                        )
-                    )
-                    self._changes.changed(job.id)
-                    if log.isEnabledFor(logging.DEBUG):
-                        log.debug(
-                            "leased",
-                            extra={
-                                "job_id": str(job.id),
-                                "queue": job.queue,
-                                "job_type": job.type,
-                                "attempt": job.attempt,
-                                "worker_id": session.worker_id,
-                                "trace_id": job.trace_id,
-                            },
-                        )
+            )
+            self._changes.changed(job.id)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "leased",
+                    extra={
+                        "job_id": str(job.id),
+                        "queue": job.queue,
+                        "job_type": job.type,
+                        "attempt": job.attempt,
+                        "worker_id": session.worker_id,
+                        "trace_id": job.trace_id,
+                    },
+                )
+        return len(jobs)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobwire.cli.options import add_target, env_flag, positive_int, seconds
+from jobwire.cli.options import add_target, env_flag, non_negative_int, positive_int, seconds
 from jobwire.ops.http import OpsServer, loop_responds
 from jobwire.ops.logs import configure as configure_logs
 from jobwire.ops.options import add_http_flags
@@ -85,6 +85,15 @@ def register(subparsers: Any) -> None:
     )
     env_flag(
         parser,
+        "--prefetch",
+        env="JOBWIRE_PREFETCH",
+        default=0,
+        type=non_negative_int,
+        help="jobs leased ahead of free slots, so short jobs start without waiting for "
+        "the scheduler; leave 0 for long jobs (default: 0)",
+    )
+    env_flag(
+        parser,
         "--import",
         env="JOBWIRE_IMPORTS",
         default=[],
@@ -146,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             args.target,
             queues=args.queues,
             concurrency=args.concurrency,
+            prefetch=args.prefetch,
             worker_id=args.worker_id,
             drain_grace=args.drain_grace,
         )

@@ -33,10 +33,14 @@ class LeaseState:
     """The parts of a running job that change while it runs, shared between the
     worker (which learns them from the scheduler) and the handler's context."""
 
-    __slots__ = ("cancel_reason", "deadline")
+    __slots__ = ("cancel_reason", "deadline", "execution_deadline")
 
-    def __init__(self, deadline: datetime | None) -> None:
+    def __init__(
+        self, deadline: datetime | None, execution_deadline: datetime | None = None
+    ) -> None:
         self.deadline = deadline
+        # Set when the handler starts: a prefetched job's clock starts then, not on arrival.
+        self.execution_deadline = execution_deadline
         self.cancel_reason: str | None = None
 
 
@@ -57,8 +61,6 @@ class JobContext:
     trace_id: str
     labels: Mapping[str, str]
     worker_id: str
-    # When the worker stops the attempt because of the job's execution timeout.
-    execution_deadline: datetime | None
     cancelled: threading.Event = field(default_factory=threading.Event)
     logger: logging.LoggerAdapter[logging.Logger]
     _lease: LeaseState = field(repr=False, compare=False)
@@ -67,6 +69,11 @@ class JobContext:
     def lease_deadline(self) -> datetime | None:
         """When the lease ends unless extended again; the worker extends it on its own."""
         return self._lease.deadline
+
+    @property
+    def execution_deadline(self) -> datetime | None:
+        """When the worker stops the attempt because of the job's execution timeout."""
+        return self._lease.execution_deadline
 
     @property
     def cancel_reason(self) -> str | None:
@@ -101,7 +108,6 @@ class JobContext:
             trace_id=trace_id,
             labels=MappingProxyType(dict(labels or {})),
             worker_id=worker_id,
-            execution_deadline=execution_deadline,
             logger=job_logger(
                 job_id=job_id,
                 queue=queue,
@@ -110,7 +116,7 @@ class JobContext:
                 worker_id=worker_id,
                 trace_id=trace_id,
             ),
-            _lease=LeaseState(lease_deadline),
+            _lease=LeaseState(lease_deadline, execution_deadline),
         )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable
 from datetime import UTC
 
@@ -44,6 +45,8 @@ class Engine:
         self._draining = False
         self._closing = False
         self._held: dict[str, Execution] = {}  # by lease token: outcome not decided yet
+        # Prefetched jobs waiting for a slot (also in _held: their leases are extended).
+        self._waiting: deque[Execution] = deque()
         self._held_empty = asyncio.Event()
         self._held_empty.set()
         self._leases_changed = asyncio.Event()
@@ -68,8 +71,17 @@ class Engine:
         )
 
     @property
+    def _capacity(self) -> int:
+        """Jobs this worker takes at once: running ones plus prefetched ones."""
+        return self.settings.concurrency + self.settings.prefetch
+
+    @property
     def active_jobs(self) -> int:
-        return len(self._held)
+        return len(self._held) - len(self._waiting)
+
+    @property
+    def prefetched_jobs(self) -> int:
+        return len(self._waiting)
 
     @property
     def unsettled_outcomes(self) -> int:
@@ -107,7 +119,7 @@ class Engine:
 
     def _greeting(self) -> list[leases_pb2.LeaseRequest]:
         settings = self.settings
-        credits = 0 if self._draining else max(settings.concurrency - self._slots, 0)
+        credits = 0 if self._draining else max(self._capacity - self._slots - len(self._waiting), 0)
         hello = leases_pb2.Hello(
             worker_id=settings.worker_id,
             queues=settings.queues,
@@ -151,7 +163,7 @@ class Engine:
             log.info("job %s arrived while draining: handing it back", job.id, extra=_fields(job))
             self._report(outcomes.release(job.id, token, "worker is shutting down"))
             return
-        if self._slots >= self.settings.concurrency:
+        if self._slots + len(self._waiting) >= self._capacity:
             log.warning(
                 "job %s arrived beyond the credit granted: handing it back",
                 job.id,
@@ -179,26 +191,51 @@ class Engine:
             )
             self._grant_credit()  # the slot this job would have used is still free
             return
-        for other in self._held.values():
+        for other in list(self._held.values()):
             if other.job_id == job.id:
                 # Leased again under a new token: the old attempt cannot settle any more.
-                other.stop(StopReason.LOST, "job leased again")
+                self._stop(other, StopReason.LOST, "job leased again")
         execution = Execution(leased, spec, worker_id=self.settings.worker_id, pool=self._pool)
         self._held[token] = execution
         self._held_empty.clear()
+        self._leases_changed.set()
+        if self._slots < self.settings.concurrency:
+            self._launch(execution)
+        else:
+            self._waiting.append(execution)
+            metrics.WAITING.inc()
+
+    def _launch(self, execution: Execution) -> None:
         self._slots += 1
         metrics.IN_FLIGHT.inc()
-        task = asyncio.create_task(self._execute(execution), name=f"jobwire-attempt-{job.id}")
+        task = asyncio.create_task(
+            self._execute(execution), name=f"jobwire-attempt-{execution.job_id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._leases_changed.set()
+
+    def _stop(self, execution: Execution, reason: StopReason, detail: str) -> bool:
+        """Stops an attempt, running or prefetched; a prefetched one is launched at once,
+        so that its outcome (handed back, cancelled, dropped) is decided without a slot."""
+        if not execution.stop(reason, detail):
+            return False
+        if execution in self._waiting:
+            self._waiting.remove(execution)
+            metrics.WAITING.dec()
+            self._launch(execution)
+        return True
+
+    def _start_waiting(self) -> None:
+        while self._waiting and self._slots < self.settings.concurrency:
+            metrics.WAITING.dec()
+            self._launch(self._waiting.popleft())
 
     def _on_cancel(self, notice: leases_pb2.CancelNotice) -> None:
         execution = self._held.get(notice.lease_token)
         if execution is None or execution.job_id != notice.job_id:
             log.debug("cancel for job %s, which is not running here", notice.job_id)
             return
-        if execution.stop(StopReason.CANCELLED, notice.reason or "cancelled"):
+        if self._stop(execution, StopReason.CANCELLED, notice.reason or "cancelled"):
             execution.ctx.logger.info("cancelled by the producer, stopping the handler")
 
     def _on_settle(self, result: leases_pb2.SettleResult) -> None:
@@ -243,7 +280,7 @@ class Engine:
         if result.code == UNAVAILABLE:
             return  # the next heartbeat tries again
         if result.code != OK:
-            if execution.stop(StopReason.LOST, result.message or f"code {result.code}"):
+            if self._stop(execution, StopReason.LOST, result.message or f"code {result.code}"):
                 execution.ctx.logger.warning(
                     "lease lost (code %d: %s); stopping the handler and dropping the job",
                     result.code,
@@ -252,7 +289,7 @@ class Engine:
             return
         if result.HasField("lease_deadline"):
             execution.update_deadline(result.lease_deadline.ToDatetime(tzinfo=UTC))
-        if result.cancel_requested and execution.stop(StopReason.CANCELLED, "cancelled"):
+        if result.cancel_requested and self._stop(execution, StopReason.CANCELLED, "cancelled"):
             execution.ctx.logger.info("cancelled by the producer, stopping the handler")
 
     # -- running jobs ----------------------------------------------------------------------
@@ -277,6 +314,7 @@ class Engine:
             self._slots -= 1
             metrics.IN_FLIGHT.dec()
             if not self._draining and not self._closing:
+                self._start_waiting()
                 self._grant_credit()
 
     def _forget(self, execution: Execution) -> None:
@@ -337,6 +375,9 @@ class Engine:
 
     async def _drain(self, force: asyncio.Event) -> None:
         self._draining = True
+        # Prefetched jobs have not started: they go back to the queue at once.
+        for execution in list(self._waiting):
+            self._stop(execution, StopReason.RELEASED, "worker is shutting down")
         grace = self.settings.drain_grace
         log.info("draining: %d job(s) running, up to %g s to finish", len(self._held), grace)
         self.connection.send(leases_pb2.LeaseRequest(drain=leases_pb2.Drain()))
@@ -344,7 +385,7 @@ class Engine:
         if self._held:
             log.warning("handing back %d job(s) still running", len(self._held))
             for execution in list(self._held.values()):
-                execution.stop(StopReason.RELEASED, "worker is shutting down")
+                self._stop(execution, StopReason.RELEASED, "worker is shutting down")
             # Deciding a stopped attempt's outcome does not wait for its handler.
             await _until_any(self._held_empty.wait(), limit=self.settings.settle_timeout)
         await _until_any(self._unsettled.wait_empty(), limit=self.settings.settle_timeout)

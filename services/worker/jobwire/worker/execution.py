@@ -65,7 +65,6 @@ class Execution:
             if leased.HasField("lease_deadline")
             else None
         )
-        now = datetime.now(UTC)
         self.ctx = JobContext(
             job_id=job.id,
             type=job.spec.type,
@@ -75,11 +74,6 @@ class Execution:
             trace_id=job.trace_id,
             labels=MappingProxyType(dict(job.spec.labels)),
             worker_id=worker_id,
-            execution_deadline=(
-                now + timedelta(seconds=self.execution_timeout)
-                if self.execution_timeout is not None
-                else None
-            ),
             logger=job_logger(
                 job_id=job.id,
                 queue=job.spec.queue,
@@ -91,7 +85,8 @@ class Execution:
             _lease=self._lease,
         )
         self.stop_reason: StopReason | None = None
-        self._stopped = asyncio.Event()
+        # Resolved when the handler returns or is stopped, whichever comes first.
+        self._settled: asyncio.Future[None] | None = None
         self._handler: asyncio.Future[Any] | None = None
         # The thread's own future: it completes in the thread, while the asyncio
         # wrapper above only learns of it one loop iteration later.
@@ -115,8 +110,12 @@ class Execution:
         # thread's future would report it finished while the thread still runs.
         if self._handler is not None and self.spec.is_async:
             self._handler.cancel()
-        self._stopped.set()
+        self._wake()
         return True
+
+    def _wake(self, _: object = None) -> None:
+        if self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
 
     def _handler_done(self) -> bool:
         if self._thread_future is not None:
@@ -135,23 +134,31 @@ class Execution:
             return self._nack(str(exc), kind=exc.kind, retryable=False)
         if self.stop_reason is not None:
             return self._stopped_outcome()
-        handler = self._handler = self._start(payload)
-        stopped = asyncio.ensure_future(self._stopped.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {handler, stopped},
-                timeout=self.execution_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
+        loop = asyncio.get_running_loop()
+        # One future and one timer rather than asyncio.wait: this runs for every job.
+        self._settled = loop.create_future()
+        timer: asyncio.TimerHandle | None = None
+        if self.execution_timeout is not None:
+            self._lease.execution_deadline = datetime.now(UTC) + timedelta(
+                seconds=self.execution_timeout
             )
+            timer = loop.call_later(self.execution_timeout, self._time_out)
+        handler = self._handler = self._start(payload)
+        handler.add_done_callback(self._wake)
+        try:
+            await self._settled
         except asyncio.CancelledError:
             # The worker itself is being torn down: take the handler with it.
             self.stop(StopReason.RELEASED, "worker stopped")
             raise
         finally:
-            stopped.cancel()
-        if not done:
-            self.stop(StopReason.TIMEOUT, f"execution timeout of {self.execution_timeout:g} s")
+            if timer is not None:
+                timer.cancel()
         return self._decide(handler)
+
+    def _time_out(self) -> None:
+        if not self._handler_done():
+            self.stop(StopReason.TIMEOUT, f"execution timeout of {self.execution_timeout:g} s")
 
     async def finished(self) -> None:
         """Waits until the handler has returned (or raised)."""

@@ -15,6 +15,7 @@ __all__ = [
     "JOBS",
     "RECONNECTS",
     "SETTLE_REFUSED",
+    "WAITING",
 ]
 
 JOBS = Counter(
@@ -30,6 +31,10 @@ HANDLER_SECONDS = Histogram(
     buckets=(0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 60, 300, 900, 3600),
 )
 IN_FLIGHT = Gauge("jobwire_worker_jobs_in_flight", "Handlers running now.")
+WAITING = Gauge(
+    "jobwire_worker_jobs_prefetched",
+    "Jobs leased ahead (--prefetch) and waiting for a free slot.",
+)
 CONNECTED = Gauge(
     "jobwire_worker_connected", "1 while a Lease stream to the scheduler is open, else 0."
 )

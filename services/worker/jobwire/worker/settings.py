@@ -34,6 +34,7 @@ class WorkerSettings:
     target: str
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 8
+    prefetch: int = 0
     worker_id: str = field(default_factory=default_worker_id)
     drain_grace: float = 30.0
     settle_timeout: float = 5.0
@@ -55,6 +56,13 @@ class WorkerSettings:
                 )
         if isinstance(self.concurrency, bool) or not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ConfigurationError(f"concurrency must be 1 to {MAX_CONCURRENCY}")
+        if isinstance(self.prefetch, bool) or not 0 <= self.prefetch <= (
+            MAX_CONCURRENCY - self.concurrency
+        ):
+            raise ConfigurationError(
+                f"prefetch must be 0 to {MAX_CONCURRENCY - self.concurrency} "
+                f"(concurrency plus prefetch at most {MAX_CONCURRENCY})"
+            )
         for name in ("drain_grace", "settle_timeout", "max_extend_interval"):
             value = getattr(self, name)
             if math.isnan(value) or value < 0:

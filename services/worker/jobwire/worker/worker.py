@@ -41,8 +41,12 @@ class Worker:
         worker.run_forever()  # until SIGTERM or SIGINT, then drains
 
     `concurrency` is how many jobs run at once (plain handlers run in that many
-    threads). `drain_grace` is how long running jobs may take to finish once
-    shutdown starts before they are handed back; `settle_timeout` bounds the wait
+    threads). `prefetch` is how many more jobs it leases ahead, to start as soon as
+    a slot frees instead of after a round trip to the scheduler: worth it for many
+    short jobs, unfair for long ones (they wait here, their leases extended, while
+    another worker may be idle); 0 by default. `drain_grace` is how long running
+    jobs may take to finish once shutdown starts before they are handed back
+    (prefetched ones go back at once); `settle_timeout` bounds the wait
     for the scheduler to confirm outcomes while stopping. `max_extend_interval`
     caps the time between lease extensions. `credentials` (grpc.ChannelCredentials)
     turn on TLS; `metadata` is sent with the stream, for example a bearer token;
@@ -55,6 +59,7 @@ class Worker:
         *,
         queues: Sequence[str] = ("default",),
         concurrency: int = 8,
+        prefetch: int = 0,
         worker_id: str | None = None,
         drain_grace: float = 30.0,
         settle_timeout: float = 5.0,
@@ -70,6 +75,7 @@ class Worker:
             target=target,
             queues=tuple(dict.fromkeys(queues)),
             concurrency=concurrency,
+            prefetch=prefetch,
             worker_id=worker_id or default_worker_id(),
             drain_grace=drain_grace,
             settle_timeout=settle_timeout,
@@ -147,6 +153,11 @@ class Worker:
     def active_jobs(self) -> int:
         """Attempts running whose outcome has not been decided yet."""
         return self._engine.active_jobs if self._engine is not None else 0
+
+    @property
+    def prefetched_jobs(self) -> int:
+        """Jobs leased ahead (`prefetch`) that wait for a free slot."""
+        return self._engine.prefetched_jobs if self._engine is not None else 0
 
     @property
     def unsettled_outcomes(self) -> int:
