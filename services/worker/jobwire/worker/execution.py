@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+from google.protobuf import duration_pb2
 from jobwire.v1 import leases_pb2
 
 from . import outcomes
@@ -54,9 +55,9 @@ class Execution:
         self.lease_token = leased.lease_token
         self.job_type = job.spec.type
         self.attempt = job.attempt
-        lease_timeout = job.spec.lease_timeout.ToTimedelta().total_seconds()
+        lease_timeout = _seconds(job.spec.lease_timeout)
         self.lease_timeout = lease_timeout if lease_timeout > 0 else DEFAULT_LEASE_TIMEOUT
-        execution_timeout = job.spec.execution_timeout.ToTimedelta().total_seconds()
+        execution_timeout = _seconds(job.spec.execution_timeout)
         self.execution_timeout = execution_timeout if execution_timeout > 0 else None
         self._payload = job.spec.payload
         self._pool = pool
@@ -266,3 +267,8 @@ class Execution:
             retry_delay=retry_delay,
             label=label,
         )
+
+
+def _seconds(value: duration_pb2.Duration) -> float:
+    # The fields themselves: ToTimedelta() builds a timedelta only to be read back.
+    return value.seconds + value.nanos / 1e9

@@ -1,5 +1,7 @@
 -- Every statement the scheduler runs, by name. Loaded once by jobwire.scheduler.queries;
--- a block starts at a "-- name: NAME" line. Parameters are psycopg %(name)s placeholders.
+-- a block starts at a "-- name: NAME" line. Parameters are psycopg %(name)s placeholders;
+-- the arrays of the hot statements are %(name)b, sent in binary: psycopg builds a binary
+-- array several times faster than a quoted text one.
 
 -- name: insert_jobs
 -- Inserts a batch; rows whose idempotency key is taken are skipped (and looked up after).
@@ -12,13 +14,13 @@ SELECT id, queue, type, tenant, payload, payload_type, priority, coalesce(run_at
        max_attempts, backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
        lease_timeout, execution_timeout, idempotency_key, spec_digest, labels, trace_id
 FROM unnest(
-    %(id)s::uuid[], %(queue)s::text[], %(type)s::text[], %(tenant)s::text[],
-    %(payload)s::bytea[], %(payload_type)s::text[], %(priority)s::int[],
-    %(run_at)s::timestamptz[], %(max_attempts)s::int[],
-    %(backoff_initial)s::interval[], %(backoff_max)s::interval[],
-    %(backoff_multiplier)s::float8[], %(backoff_jitter)s::float8[],
-    %(lease_timeout)s::interval[], %(execution_timeout)s::interval[],
-    %(idempotency_key)s::text[], %(spec_digest)s::bytea[], %(labels)s::jsonb[], %(trace_id)s::text[]
+    %(id)b::uuid[], %(queue)b::text[], %(type)b::text[], %(tenant)b::text[],
+    %(payload)b::bytea[], %(payload_type)b::text[], %(priority)b::int[],
+    %(run_at)b::timestamptz[], %(max_attempts)b::int[],
+    %(backoff_initial)b::interval[], %(backoff_max)b::interval[],
+    %(backoff_multiplier)b::float8[], %(backoff_jitter)b::float8[],
+    %(lease_timeout)b::interval[], %(execution_timeout)b::interval[],
+    %(idempotency_key)b::text[], %(spec_digest)b::bytea[], %(labels)b::jsonb[], %(trace_id)b::text[]
 ) AS t (id, queue, type, tenant, payload, payload_type, priority, run_at, max_attempts,
         backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
         lease_timeout, execution_timeout, idempotency_key, spec_digest, labels, trace_id)
@@ -27,11 +29,11 @@ RETURNING *
 
 -- name: jobs_by_idempotency_key
 SELECT j.* FROM jobwire_jobs j
-JOIN unnest(%(tenant)s::text[], %(queue)s::text[], %(idempotency_key)s::text[]) AS k(tenant, queue, key)
+JOIN unnest(%(tenant)b::text[], %(queue)b::text[], %(idempotency_key)b::text[]) AS k(tenant, queue, key)
   ON j.tenant = k.tenant AND j.queue = k.queue AND j.idempotency_key = k.key
 
 -- name: notify_submitted
-SELECT pg_notify('jobwire_submitted', q) FROM unnest(%(queues)s::text[]) AS q
+SELECT pg_notify('jobwire_submitted', q) FROM unnest(%(queues)b::text[]) AS q
 
 -- name: get_job
 SELECT * FROM jobwire_jobs WHERE id = %(id)s
@@ -57,7 +59,7 @@ LIMIT %(limit)s
 WITH picked AS (
     SELECT id FROM jobwire_jobs
     WHERE state = 'PENDING' AND queue = %(queue)s AND run_at <= now()
-      AND type = ANY(%(types)s::text[])
+      AND type = ANY(%(types)b::text[])
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -81,8 +83,8 @@ SELECT * FROM leased ORDER BY priority DESC, run_at, id
 -- name: ack_jobs
 -- Records success for every item whose token is the job's current lease.
 WITH input AS (
-    SELECT * FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(result)s::bytea[],
-                         %(result_type)s::text[]) AS t(id, token, result, result_type)
+    SELECT * FROM unnest(%(id)b::uuid[], %(token)b::uuid[], %(result)b::bytea[],
+                         %(result_type)b::text[]) AS t(id, token, result, result_type)
 ), settled AS (
     UPDATE jobwire_jobs j SET
         state = 'SUCCEEDED',
@@ -114,8 +116,8 @@ SELECT t.id, t.token, j.queue, j.type,
        extract(epoch FROM now() - a.started_at)::float8 AS run_seconds,
        jobwire_end_attempt(t.id, t.token, false, t.release, t.retryable, t.delay,
                            t.message, t.kind, t.details) AS next_state
-FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(release)s::bool[], %(retryable)s::bool[],
-            %(delay)s::interval[], %(message)s::text[], %(kind)s::text[], %(details)s::text[])
+FROM unnest(%(id)b::uuid[], %(token)b::uuid[], %(release)b::bool[], %(retryable)b::bool[],
+            %(delay)b::interval[], %(message)b::text[], %(kind)b::text[], %(details)b::text[])
      AS t(id, token, release, retryable, delay, message, kind, details)
 LEFT JOIN jobwire_jobs j ON j.id = t.id
 LEFT JOIN jobwire_attempts a ON a.lease_token = t.token
@@ -125,8 +127,8 @@ UPDATE jobwire_jobs j SET
     lease_deadline = now() + coalesce(i.extend_by, j.lease_timeout),
     worker_id = coalesce(i.worker_id, j.worker_id),
     updated_at = clock_timestamp()
-FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(extend_by)s::interval[],
-            %(worker_id)s::text[]) AS i(id, token, extend_by, worker_id)
+FROM unnest(%(id)b::uuid[], %(token)b::uuid[], %(extend_by)b::interval[],
+            %(worker_id)b::text[]) AS i(id, token, extend_by, worker_id)
 WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
 RETURNING j.id, i.token, j.lease_deadline, j.cancel_requested
 
@@ -134,7 +136,7 @@ RETURNING j.id, i.token, j.lease_deadline, j.cancel_requested
 -- Why items were not settled: which jobs exist, and how the named attempt ended.
 SELECT i.id, i.token, j.id IS NOT NULL AS job_exists, j.state, j.attempt AS job_attempt,
        a.number AS attempt, a.outcome
-FROM unnest(%(id)s::uuid[], %(token)s::uuid[]) AS i(id, token)
+FROM unnest(%(id)b::uuid[], %(token)b::uuid[]) AS i(id, token)
 LEFT JOIN jobwire_jobs j ON j.id = i.id
 LEFT JOIN jobwire_attempts a ON a.job_id = i.id AND a.lease_token = i.token
 
@@ -158,7 +160,7 @@ FROM expired
 -- Leases a newer stream of the same worker has extended since are kept.
 UPDATE jobwire_jobs SET lease_deadline = least(lease_deadline, now() + %(grace)s::interval),
                         updated_at = clock_timestamp()
-WHERE state = 'RUNNING' AND worker_id = %(worker_id)s AND id <> ALL(%(keep)s::uuid[])
+WHERE state = 'RUNNING' AND worker_id = %(worker_id)s AND id <> ALL(%(keep)b::uuid[])
 
 -- name: cancel_job
 -- PENDING: cancelled at once. RUNNING: flagged; the attempt ends as CANCELLED.
