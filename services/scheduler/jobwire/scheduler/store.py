@@ -189,6 +189,32 @@ class Store:
             "labels": [Jsonb(dict(j.labels)) for j in jobs],
             "trace_id": [j.trace_id for j in jobs],
         }
+        if any(job.idempotency_key for job in jobs):
+            results = await self._submit_keyed(jobs, ids, digests, params, full=full)
+        else:
+            # Nothing can conflict: one statement inserts and notifies, atomic by itself.
+            query = "insert_jobs_notify" if full else "insert_jobs_notify_returning_id"
+            async with self._conn() as conn:
+                rows = await self._rows(conn, query, params)
+            stored = {row["id"]: Job.from_row(row) if full else None for row in rows}
+            results = [Submitted(job_id=i, job=stored[i], created=True) for i in ids]
+        metrics.count(
+            metrics.JOBS_SUBMITTED,
+            ((job.queue, job.type) for job, r in zip(jobs, results, strict=True) if r.created),
+        )
+        return results
+
+    async def _submit_keyed(
+        self,
+        jobs: Sequence[NewJob],
+        ids: list[UUID],
+        digests: list[bytes | None],
+        params: dict[str, Any],
+        *,
+        full: bool,
+    ) -> list[Submitted]:
+        """A batch with idempotency keys: insert what is new, then look up the jobs whose
+        key was taken, all in one transaction."""
         async with self._transaction() as conn:
             inserted: dict[UUID, Job | None] = (
                 {
@@ -238,10 +264,6 @@ class Store:
                     {jobs[i].queue for i, job_id in enumerate(ids) if job_id in inserted}
                 )
                 await conn.execute(QUERIES["notify_submitted"], {"queues": queues})
-        metrics.count(
-            metrics.JOBS_SUBMITTED,
-            ((jobs[i].queue, jobs[i].type) for i, job_id in enumerate(ids) if job_id in inserted),
-        )
         return results
 
     async def get(self, job_id: UUID, *, with_attempts: bool = True) -> Job:
