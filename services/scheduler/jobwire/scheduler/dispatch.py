@@ -220,16 +220,15 @@ class Dispatcher:
                 grace=self._stream_grace,
                 keep=self.held_elsewhere(session),
             )
+        leased: list[leases_pb2.LeasedJob] = []
         for job in jobs:
             assert job.lease_token is not None and job.lease_deadline is not None
             self.hold(session, job.id, job.lease_token)
-            session.send(
-                leases_pb2.LeaseResponse(
-                    job=leases_pb2.LeasedJob(
-                        job=convert.job(job),
-                        lease_token=str(job.lease_token),
-                        lease_deadline=convert.timestamp(job.lease_deadline),
-                    )
+            leased.append(
+                leases_pb2.LeasedJob(
+                    job=convert.job(job),
+                    lease_token=str(job.lease_token),
+                    lease_deadline=convert.timestamp(job.lease_deadline),
                 )
             )
             self._changes.changed(job.id)
@@ -245,4 +244,11 @@ class Dispatcher:
                         "trace_id": job.trace_id,
                     },
                 )
+        if session.batches and len(leased) > 1:
+            # Built as one message here rather than merged by the stream, which would
+            # copy every job once more.
+            session.send(leases_pb2.LeaseResponse(jobs=leases_pb2.LeasedJobs(jobs=leased)))
+        else:
+            for one in leased:
+                session.send(leases_pb2.LeaseResponse(job=one))
         return len(jobs)

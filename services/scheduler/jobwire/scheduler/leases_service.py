@@ -306,11 +306,24 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
 
 
 def _merge(first: leases_pb2.LeaseResponse, session: Session) -> list[leases_pb2.LeaseResponse]:
-    """Everything already waiting in the outbox, with jobs and answers packed into one
-    message each: fewer, larger writes when a worker is busy, the same latency when not."""
+    """Everything already waiting in the outbox, with single jobs and answers packed into
+    one message each: fewer, larger writes when a worker is busy, the same latency when
+    not. Other messages (cancel notices, ready-made job batches) keep their place, so a
+    cancel never overtakes the job it is about."""
+    merged: list[leases_pb2.LeaseResponse] = []
     jobs: list[leases_pb2.LeasedJob] = []
     results: list[leases_pb2.SettleResult] = []
-    others: list[leases_pb2.LeaseResponse] = []
+
+    def flush() -> None:
+        if jobs:
+            merged.append(leases_pb2.LeaseResponse(jobs=leases_pb2.LeasedJobs(jobs=jobs)))
+            jobs.clear()
+        if results:
+            merged.append(
+                leases_pb2.LeaseResponse(results=leases_pb2.SettleResults(results=results))
+            )
+            results.clear()
+
     message: leases_pb2.LeaseResponse | None = first
     while message is not None:
         kind = message.WhichOneof("kind")
@@ -319,7 +332,8 @@ def _merge(first: leases_pb2.LeaseResponse, session: Session) -> list[leases_pb2
         elif kind == "result":
             results.append(message.result)
         else:
-            others.append(message)
+            flush()
+            merged.append(message)
         try:
             message = session.outbox.get_nowait()
         except asyncio.QueueEmpty:
@@ -327,11 +341,7 @@ def _merge(first: leases_pb2.LeaseResponse, session: Session) -> list[leases_pb2
         if message is None:  # the stream is ending: send what we have, then stop
             session.outbox.put_nowait(None)
             break
-    merged = list(others)
-    if jobs:
-        merged.append(leases_pb2.LeaseResponse(jobs=leases_pb2.LeasedJobs(jobs=jobs)))
-    if results:
-        merged.append(leases_pb2.LeaseResponse(results=leases_pb2.SettleResults(results=results)))
+    flush()
     return merged
 
 
