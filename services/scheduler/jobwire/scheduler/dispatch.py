@@ -193,18 +193,21 @@ class Dispatcher:
 
     async def _dispatch_once(self) -> None:
         """Leases for every session with credit, in rounds of at most LEASE_CHUNK jobs per
-        session and queue, until no claim comes back full (nothing more is ready, or no
-        credit is left). Rounds keep one busy stream from starving the others."""
-        more = True
-        while more:
-            more = False
-            for session in list(self._sessions):
-                for queue in session.queues:
-                    if not session.wants_jobs:
-                        break
-                    limit = min(session.credit, LEASE_CHUNK)
-                    leased = await self._lease(session, queue, limit)
-                    more = more or leased == limit
+        session and queue. A session's queue stays in the next round only while its claims
+        come back full (more may be ready) and the session has credit left; rounds keep one
+        busy stream from starving the others."""
+        open_pairs = [
+            (session, queue) for session in list(self._sessions) for queue in session.queues
+        ]
+        while open_pairs:
+            next_round = []
+            for session, queue in open_pairs:
+                if not session.wants_jobs:
+                    continue
+                limit = min(session.credit, LEASE_CHUNK)
+                if await self._lease(session, queue, limit) == limit:
+                    next_round.append((session, queue))
+            open_pairs = next_round
 
     async def _lease(self, session: Session, queue: str, limit: int) -> int:
         """Claims up to `limit` jobs of `queue` for `session` and sends them; returns how
