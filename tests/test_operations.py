@@ -30,8 +30,8 @@ from tests.processes import SchedulerProcess, WorkerProcess, free_port
 from tests.support import SchedulerThread, StreamClient, http_get, wait_for
 
 
-def fetch(port: int, path: str) -> tuple[int, str]:
-    return http_get(f"http://127.0.0.1:{port}{path}")
+def fetch(port: int, path: str, timeout: float = 5) -> tuple[int, str]:
+    return http_get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -419,7 +419,8 @@ def test_healthz_fails_while_the_event_loop_is_blocked(observed: SchedulerThread
 
     assert observed._loop is not None
     asyncio.run_coroutine_threadsafe(block(), observed._loop)
-    status, body = fetch(port, "/healthz")
+    # The probe answers after waiting LOOP_TIMEOUT (5 s) for the loop: the client waits longer.
+    status, body = fetch(port, "/healthz", timeout=15)
     assert (status, body) == (503, "event loop unresponsive for 5 s\n")
     wait_for(lambda: fetch(port, "/healthz")[0] == 200, message="/healthz 200 again")
 
