@@ -48,12 +48,24 @@ def duration(raw: str) -> float:
     return value
 
 
+def _number(raw: str, what: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {raw!r}") from None
+
+
+def positive_float(raw: str) -> float:
+    """argparse type: a number more than 0."""
+    value = _number(raw, "a number")
+    if not value > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {raw}")
+    return value
+
+
 def seconds(raw: str) -> float:
     """argparse type: a duration in seconds, zero or more."""
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {raw!r}") from None
+    value = _number(raw, "a number of seconds")
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"must be zero or more seconds, not {raw}")
     return value

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from jobwire.cli.options import env_flag, non_negative_int, positive_int
+from jobwire.cli.options import env_flag, non_negative_int, positive_float, positive_int
 
 SCENARIO_NAMES = ("drain", "submit-single", "submit-batch", "latency", "growth", "mixed")
 
@@ -36,16 +36,6 @@ def _scenario_names(raw: str) -> list[str]:
                 f"unknown scenario {name!r}; choose from {', '.join(SCENARIO_NAMES)}"
             )
     return names
-
-
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {raw}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,17 +111,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          "submit-batch: concurrent producers"),
         ("--latency-jobs", "latency_jobs", 500, positive_int,
          "latency: jobs measured per variant"),
-        ("--latency-rate", "latency_rate", 100.0, _positive_float,
+        ("--latency-rate", "latency_rate", 100.0, positive_float,
          "latency: submits per second"),
         ("--growth-rows", "growth_rows", 1_000_000, positive_int,
          "growth: pending jobs inserted before the drain"),
         ("--growth-drain", "growth_drain", 20_000, positive_int,
          "growth: jobs drained from the backlog"),
-        ("--mixed-rate", "mixed_rate", 2000.0, _positive_float,
+        ("--mixed-rate", "mixed_rate", 2000.0, positive_float,
          "mixed: jobs submitted per second"),
-        ("--mixed-seconds", "mixed_seconds", 60.0, _positive_float,
+        ("--mixed-seconds", "mixed_seconds", 60.0, positive_float,
          "mixed: how long producers submit"),
-        ("--mixed-window", "mixed_window", 5.0, _positive_float,
+        ("--mixed-window", "mixed_window", 5.0, positive_float,
          "mixed: seconds between latency and row count samples"),
     ]  # fmt: skip
     for flag, dest, default, kind, text in sizes:

@@ -71,9 +71,10 @@ class Engine:
         )
 
     @property
-    def _capacity(self) -> int:
-        """Jobs this worker takes at once: running ones plus prefetched ones."""
-        return self.settings.concurrency + self.settings.prefetch
+    def _room(self) -> int:
+        """Jobs this worker may still take: its slots plus its prefetch, less the jobs
+        running (stopped ones included) and waiting."""
+        return self.settings.concurrency + self.settings.prefetch - self._slots - len(self._waiting)
 
     @property
     def active_jobs(self) -> int:
@@ -119,7 +120,7 @@ class Engine:
 
     def _greeting(self) -> list[leases_pb2.LeaseRequest]:
         settings = self.settings
-        credits = 0 if self._draining else max(self._capacity - self._slots - len(self._waiting), 0)
+        credits = 0 if self._draining else max(self._room, 0)
         hello = leases_pb2.Hello(
             worker_id=settings.worker_id,
             queues=settings.queues,
@@ -163,7 +164,7 @@ class Engine:
             log.info("job %s arrived while draining: handing it back", job.id, extra=_fields(job))
             self._report(outcomes.release(job.id, token, "worker is shutting down"))
             return
-        if self._slots + len(self._waiting) >= self._capacity:
+        if self._room <= 0:
             log.warning(
                 "job %s arrived beyond the credit granted: handing it back",
                 job.id,
