@@ -21,11 +21,11 @@ def _load() -> dict[str, LiteralString]:
 
 QUERIES = _load()
 
-# Submits whose producer wants ids only: the same insert, without sending every row back.
-assert QUERIES["insert_jobs"].endswith("RETURNING *")
-QUERIES["insert_jobs_returning_id"] = QUERIES["insert_jobs"].removesuffix("RETURNING *") + (
-    "RETURNING id"
-)
+
+def _returning_id(insert: LiteralString, columns: LiteralString = "id") -> LiteralString:
+    """The same insert for producers who want ids only, without sending every row back."""
+    assert insert.endswith("RETURNING *")
+    return insert.removesuffix("RETURNING *") + "RETURNING " + columns
 
 
 def _with_notify(insert: LiteralString) -> LiteralString:
@@ -41,7 +41,11 @@ def _with_notify(insert: LiteralString) -> LiteralString:
     )
 
 
-QUERIES["insert_jobs_notify"] = _with_notify(QUERIES["insert_jobs"])
-QUERIES["insert_jobs_notify_returning_id"] = _with_notify(
-    QUERIES["insert_jobs"].removesuffix("RETURNING *") + "RETURNING id, queue"
-)
+# insert_jobs (arrays, for batches) and insert_job (scalars, for one job), each also as
+# *_returning_id, *_notify and *_notify_returning_id.
+for _insert in ("insert_jobs", "insert_job"):
+    QUERIES[_insert + "_returning_id"] = _returning_id(QUERIES[_insert])
+    QUERIES[_insert + "_notify"] = _with_notify(QUERIES[_insert])
+    QUERIES[_insert + "_notify_returning_id"] = _with_notify(
+        _returning_id(QUERIES[_insert], "id, queue")
+    )

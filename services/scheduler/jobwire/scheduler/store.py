@@ -168,32 +168,18 @@ class Store:
         """
         ids = [uuid.uuid4() for _ in jobs]
         digests = [job.digest() if job.idempotency_key else None for job in jobs]
-        params = {
-            "id": ids,
-            "queue": [j.queue for j in jobs],
-            "type": [j.type for j in jobs],
-            "tenant": [j.tenant for j in jobs],
-            "payload": [j.payload for j in jobs],
-            "payload_type": [j.payload_type for j in jobs],
-            "priority": [j.priority for j in jobs],
-            "run_at": [j.run_at for j in jobs],
-            "max_attempts": [j.max_attempts for j in jobs],
-            "backoff_initial": [j.backoff.initial for j in jobs],
-            "backoff_max": [j.backoff.max for j in jobs],
-            "backoff_multiplier": [j.backoff.multiplier for j in jobs],
-            "backoff_jitter": [j.backoff.jitter for j in jobs],
-            "lease_timeout": [j.lease_timeout for j in jobs],
-            "execution_timeout": [j.execution_timeout for j in jobs],
-            "idempotency_key": [j.idempotency_key for j in jobs],
-            "spec_digest": digests,
-            "labels": [Jsonb(dict(j.labels)) for j in jobs],
-            "trace_id": [j.trace_id for j in jobs],
-        }
+        if len(jobs) == 1:
+            insert = "insert_job"
+            params = _insert_params(jobs[0], ids[0], digests[0])
+        else:
+            insert = "insert_jobs"
+            rows = [_insert_params(*row) for row in zip(jobs, ids, digests, strict=True)]
+            params = {column: [row[column] for row in rows] for column in rows[0]}
         if any(job.idempotency_key for job in jobs):
-            results = await self._submit_keyed(jobs, ids, digests, params, full=full)
+            results = await self._submit_keyed(jobs, insert, ids, digests, params, full=full)
         else:
             # Nothing can conflict: one statement inserts and notifies, atomic by itself.
-            query = "insert_jobs_notify" if full else "insert_jobs_notify_returning_id"
+            query = insert + ("_notify" if full else "_notify_returning_id")
             async with self._conn() as conn:
                 rows = await self._rows(conn, query, params)
             stored = {row["id"]: Job.from_row(row) if full else None for row in rows}
@@ -207,6 +193,7 @@ class Store:
     async def _submit_keyed(
         self,
         jobs: Sequence[NewJob],
+        insert: str,
         ids: list[UUID],
         digests: list[bytes | None],
         params: dict[str, Any],
@@ -217,14 +204,11 @@ class Store:
         key was taken, all in one transaction."""
         async with self._transaction() as conn:
             inserted: dict[UUID, Job | None] = (
-                {
-                    row["id"]: Job.from_row(row)
-                    for row in await self._rows(conn, "insert_jobs", params)
-                }
+                {row["id"]: Job.from_row(row) for row in await self._rows(conn, insert, params)}
                 if full
                 else {
                     row["id"]: None
-                    for row in await self._rows(conn, "insert_jobs_returning_id", params)
+                    for row in await self._rows(conn, insert + "_returning_id", params)
                 }
             )
             # Rows whose key was taken (by an older job or earlier in this batch).
@@ -549,6 +533,31 @@ class Store:
             raise _translate(exc) from exc
         finally:
             await conn.close()
+
+
+def _insert_params(job: NewJob, job_id: UUID, digest: bytes | None) -> dict[str, Any]:
+    """The columns of one job for insert_job; insert_jobs takes them as arrays."""
+    return {
+        "id": job_id,
+        "queue": job.queue,
+        "type": job.type,
+        "tenant": job.tenant,
+        "payload": job.payload,
+        "payload_type": job.payload_type,
+        "priority": job.priority,
+        "run_at": job.run_at,
+        "max_attempts": job.max_attempts,
+        "backoff_initial": job.backoff.initial,
+        "backoff_max": job.backoff.max,
+        "backoff_multiplier": job.backoff.multiplier,
+        "backoff_jitter": job.backoff.jitter,
+        "lease_timeout": job.lease_timeout,
+        "execution_timeout": job.execution_timeout,
+        "idempotency_key": job.idempotency_key,
+        "spec_digest": digest,
+        "labels": Jsonb(dict(job.labels)),
+        "trace_id": job.trace_id,
+    }
 
 
 def _refusal(row: dict[str, Any], same_outcome: set[Outcome]) -> Refusal:

@@ -27,6 +27,25 @@ FROM unnest(
 ON CONFLICT (tenant, queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *
 
+-- name: insert_job
+-- One job, the common submit: the same insert with scalar parameters, which psycopg adapts
+-- in C, several times faster than the arrays above.
+INSERT INTO jobwire_jobs (
+    id, queue, type, tenant, payload, payload_type, priority, run_at, max_attempts,
+    backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
+    lease_timeout, execution_timeout, idempotency_key, spec_digest, labels, trace_id
+) VALUES (
+    %(id)b::uuid, %(queue)b::text, %(type)b::text, %(tenant)b::text,
+    %(payload)b::bytea, %(payload_type)b::text, %(priority)b::int,
+    coalesce(%(run_at)b::timestamptz, now()), %(max_attempts)b::int,
+    %(backoff_initial)b::interval, %(backoff_max)b::interval,
+    %(backoff_multiplier)b::float8, %(backoff_jitter)b::float8,
+    %(lease_timeout)b::interval, %(execution_timeout)b::interval,
+    %(idempotency_key)b::text, %(spec_digest)b::bytea, %(labels)b::jsonb, %(trace_id)b::text
+)
+ON CONFLICT (tenant, queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *
+
 -- name: jobs_by_idempotency_key
 SELECT j.* FROM jobwire_jobs j
 JOIN unnest(%(tenant)b::text[], %(queue)b::text[], %(idempotency_key)b::text[]) AS k(tenant, queue, key)
