@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from jobwire.v1 import job_pb2, jobs_pb2
+from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
 
 from .model import Attempt, ErrorInfo, Job, QueueStats, State
 
@@ -31,84 +32,121 @@ OUTCOME_TO_PROTO = {
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# Messages are built from nested keyword dicts: the protobuf runtime fills the nested
+# messages in place, where building each one and passing it in would copy it again. That
+# halves the cost of converting a job, which runs for every job leased.
+
+
+def _timestamp_fields(value: datetime) -> dict[str, int]:
+    # Plain arithmetic on the aware datetime: several times cheaper than FromDatetime.
+    delta = value - _EPOCH
+    return {"seconds": delta.days * 86400 + delta.seconds, "nanos": delta.microseconds * 1000}
+
+
+def _duration_fields(value: timedelta) -> dict[str, int]:
+    # Normalized like FromTimedelta: nanos take the sign of seconds (timedelta keeps
+    # microseconds non-negative, so a negative duration borrows one second).
+    micros = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    seconds, rest = divmod(abs(micros), 1_000_000)
+    sign = -1 if micros < 0 else 1
+    return {"seconds": sign * seconds, "nanos": sign * rest * 1000}
+
 
 def timestamp(value: datetime) -> Timestamp:
-    # Plain arithmetic on the aware datetime: several times cheaper than FromDatetime,
-    # and this runs a few times for every job leased.
-    delta = value - _EPOCH
-    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
+    return Timestamp(**_timestamp_fields(value))
 
 
 def duration(value: timedelta) -> Duration:
-    d = Duration()
-    d.FromTimedelta(value)
-    return d
+    return Duration(**_duration_fields(value))
+
+
+def _error_fields(value: ErrorInfo) -> dict[str, str]:
+    return {"message": value.message, "kind": value.kind, "details": value.details}
 
 
 def error(value: ErrorInfo) -> job_pb2.JobError:
-    return job_pb2.JobError(message=value.message, kind=value.kind, details=value.details)
+    return job_pb2.JobError(**_error_fields(value))
+
+
+def _attempt_fields(value: Attempt) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "number": value.number,
+        "worker_id": value.worker_id,
+        "started_at": _timestamp_fields(value.started_at),
+        "outcome": OUTCOME_TO_PROTO[value.outcome],
+    }
+    if value.finished_at:
+        fields["finished_at"] = _timestamp_fields(value.finished_at)
+    if value.error:
+        fields["error"] = _error_fields(value.error)
+    return fields
 
 
 def attempt(value: Attempt) -> job_pb2.Attempt:
-    msg = job_pb2.Attempt(
-        number=value.number,
-        worker_id=value.worker_id,
-        started_at=timestamp(value.started_at),
-        outcome=OUTCOME_TO_PROTO[value.outcome],
-    )
-    if value.finished_at:
-        msg.finished_at.CopyFrom(timestamp(value.finished_at))
+    return job_pb2.Attempt(**_attempt_fields(value))
+
+
+def job_fields(value: Job) -> dict[str, Any]:
+    """The fields of a `job_pb2.Job`, as keywords for it or for a message holding one."""
+    spec: dict[str, Any] = {
+        "queue": value.queue,
+        "type": value.type,
+        "payload": {"data": value.payload, "content_type": value.payload_type},
+        "priority": value.priority,
+        "run_at": _timestamp_fields(value.run_at),
+        "max_attempts": value.max_attempts,
+        "backoff": {
+            "initial": _duration_fields(value.backoff.initial),
+            "max": _duration_fields(value.backoff.max),
+            "multiplier": value.backoff.multiplier,
+            "jitter": value.backoff.jitter,
+        },
+        "lease_timeout": _duration_fields(value.lease_timeout),
+        "idempotency_key": value.idempotency_key or "",
+        "labels": dict(value.labels),
+    }
+    if value.execution_timeout:
+        spec["execution_timeout"] = _duration_fields(value.execution_timeout)
+    fields: dict[str, Any] = {
+        "id": str(value.id),
+        "spec": spec,
+        "tenant": value.tenant,
+        "state": STATE_TO_PROTO[value.state],
+        "attempt": value.attempt,
+        "created_at": _timestamp_fields(value.created_at),
+        "updated_at": _timestamp_fields(value.updated_at),
+        "retried_from": str(value.retried_from) if value.retried_from else "",
+        "trace_id": value.trace_id,
+        "cancel_requested": value.cancel_requested,
+    }
+    if value.attempts:
+        fields["attempts"] = [_attempt_fields(a) for a in value.attempts]
+    if value.result is not None:
+        fields["result"] = {"data": value.result, "content_type": value.result_type or ""}
     if value.error:
-        msg.error.CopyFrom(error(value.error))
-    return msg
+        fields["error"] = _error_fields(value.error)
+    if value.started_at:
+        fields["started_at"] = _timestamp_fields(value.started_at)
+    if value.finished_at:
+        fields["finished_at"] = _timestamp_fields(value.finished_at)
+    if value.lease_deadline and value.state is State.RUNNING:
+        fields["lease_deadline"] = _timestamp_fields(value.lease_deadline)
+    return fields
 
 
 def job(value: Job) -> job_pb2.Job:
-    spec = job_pb2.JobSpec(
-        queue=value.queue,
-        type=value.type,
-        payload=job_pb2.Payload(data=value.payload, content_type=value.payload_type),
-        priority=value.priority,
-        run_at=timestamp(value.run_at),
-        max_attempts=value.max_attempts,
-        backoff=job_pb2.BackoffPolicy(
-            initial=duration(value.backoff.initial),
-            max=duration(value.backoff.max),
-            multiplier=value.backoff.multiplier,
-            jitter=value.backoff.jitter,
-        ),
-        lease_timeout=duration(value.lease_timeout),
-        idempotency_key=value.idempotency_key or "",
-        labels=dict(value.labels),
-    )
-    if value.execution_timeout:
-        spec.execution_timeout.CopyFrom(duration(value.execution_timeout))
-    msg = job_pb2.Job(
-        id=str(value.id),
-        spec=spec,
-        tenant=value.tenant,
-        state=STATE_TO_PROTO[value.state],
-        attempt=value.attempt,
-        created_at=timestamp(value.created_at),
-        updated_at=timestamp(value.updated_at),
-        attempts=[attempt(a) for a in value.attempts],
-        retried_from=str(value.retried_from) if value.retried_from else "",
-        trace_id=value.trace_id,
-        cancel_requested=value.cancel_requested,
-    )
-    if value.result is not None:
-        msg.result.CopyFrom(
-            job_pb2.Payload(data=value.result, content_type=value.result_type or "")
-        )
-    if value.error:
-        msg.error.CopyFrom(error(value.error))
-    if value.started_at:
-        msg.started_at.CopyFrom(timestamp(value.started_at))
-    if value.finished_at:
-        msg.finished_at.CopyFrom(timestamp(value.finished_at))
-    if value.lease_deadline and value.state is State.RUNNING:
-        msg.lease_deadline.CopyFrom(timestamp(value.lease_deadline))
-    return msg
+    return job_pb2.Job(**job_fields(value))
+
+
+def leased_job(value: Job) -> leases_pb2.LeasedJob:
+    """A job as its worker receives it, with the lease it holds."""
+    assert value.lease_token is not None and value.lease_deadline is not None
+    fields: dict[str, Any] = {
+        "job": job_fields(value),
+        "lease_token": str(value.lease_token),
+        "lease_deadline": _timestamp_fields(value.lease_deadline),
+    }
+    return leases_pb2.LeasedJob(**fields)
 
 
 def queue_stats(value: QueueStats, connected_workers: int) -> jobs_pb2.QueueStats:

@@ -225,15 +225,9 @@ class Dispatcher:
             )
         leased: list[leases_pb2.LeasedJob] = []
         for job in jobs:
-            assert job.lease_token is not None and job.lease_deadline is not None
+            assert job.lease_token is not None
             self.hold(session, job.id, job.lease_token)
-            leased.append(
-                leases_pb2.LeasedJob(
-                    job=convert.job(job),
-                    lease_token=str(job.lease_token),
-                    lease_deadline=convert.timestamp(job.lease_deadline),
-                )
-            )
+            leased.append(convert.leased_job(job))
             self._changes.changed(job.id)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
