@@ -260,7 +260,8 @@ class Scheduler:
                     ("jobwire_submitted", "jobwire_cancel")
                 ):
                     if channel == "jobwire_submitted":
-                        self.dispatcher.wake()
+                        if not self.store.own_submit(payload):
+                            self.dispatcher.wake()
                     elif channel == "jobwire_cancel":
                         with contextlib.suppress(ValueError, KeyError, TypeError):
                             cancel = json.loads(payload)

@@ -2,8 +2,11 @@
 
 Each connected worker stream is a `Session` with a credit (free slots it granted). One
 `Dispatcher` task per scheduler leases for every session with credit whenever something
-may have become ready: a local submit, a NOTIFY from another replica, returned credit,
-or (as a fallback for scheduled jobs and lost notifications) a poll tick.
+may have become ready: a local submit, a NOTIFY from another replica, a failed attempt
+back in the queue, or (as a fallback for scheduled jobs and lost notifications) a poll
+tick. Returned credit alone claims only where the last claim left jobs behind: a queue
+found empty stays empty until one of those events, so an idle system runs one claim per
+job instead of one per job and per credit.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from uuid import UUID
 
 from jobwire.v1 import leases_pb2
 
-from . import convert
+from . import convert, metrics
 from .errors import SchedulerError
 from .store import Store
 
@@ -48,6 +51,9 @@ class Session:
     cancels_sent: set[UUID] = field(default_factory=set)
     # Outcomes and extensions being written, whose answers are still to be sent.
     in_flight: set[asyncio.Future[Any]] = field(default_factory=set)
+    # Queue -> the dispatcher's readiness generation in which a claim for this stream
+    # came back short: nothing more of that queue is ready for it until the next one.
+    exhausted: dict[str, int] = field(default_factory=dict)
 
     @property
     def wants_jobs(self) -> bool:
@@ -108,6 +114,8 @@ class Dispatcher:
         self._stream_grace = stream_grace
         self._sessions: list[Session] = []
         self._wake = asyncio.Event()
+        # Advanced by every event that may have made jobs ready (see `wake`).
+        self._generation = 0
         self._holders: dict[UUID, Session] = {}
 
     @property
@@ -148,6 +156,12 @@ class Dispatcher:
         }
 
     def wake(self) -> None:
+        """Jobs may have become ready: every stream with credit gets a claim."""
+        self._generation += 1
+        self._wake.set()
+
+    def credit_returned(self) -> None:
+        """A stream can take more: it gets a claim where its last one came back full."""
         self._wake.set()
 
     def hold(self, session: Session, job_id: UUID, token: UUID) -> None:
@@ -181,10 +195,18 @@ class Dispatcher:
         return True
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self._poll_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_tick - loop.time()))
             self._wake.clear()
+            if loop.time() >= next_tick:
+                # Scheduled jobs and backoffs come due without any event, and other
+                # replicas' expired leases are not announced: every stream gets a claim at
+                # least once per poll interval, however often credit wakes the loop.
+                self._generation += 1
+                next_tick = loop.time() + self._poll_interval
             try:
                 await self._dispatch_once()
             except SchedulerError as exc:
@@ -195,18 +217,28 @@ class Dispatcher:
         """Leases for every session with credit, in rounds of at most LEASE_CHUNK jobs per
         session and queue. A session's queue stays in the next round only while its claims
         come back full (more may be ready) and the session has credit left; rounds keep one
-        busy stream from starving the others."""
+        busy stream from starving the others. A queue whose claim came back short is left
+        alone until the generation changes."""
+        generation = self._generation
         open_pairs = [
-            (session, queue) for session in list(self._sessions) for queue in session.queues
+            (session, queue)
+            for session in list(self._sessions)
+            for queue in session.queues
+            if session.exhausted.get(queue) != generation
         ]
         while open_pairs:
             next_round = []
             for session, queue in open_pairs:
                 if not session.wants_jobs:
                     continue
+                # The generation before the claim: an event during it may have made jobs
+                # ready that the claim did not see, and must bring a new claim.
+                generation = self._generation
                 limit = min(session.credit, LEASE_CHUNK)
                 if await self._lease(session, queue, limit) == limit:
                     next_round.append((session, queue))
+                else:
+                    session.exhausted[queue] = generation
             open_pairs = next_round
 
     async def _lease(self, session: Session, queue: str, limit: int) -> int:
@@ -216,6 +248,7 @@ class Dispatcher:
             queue=queue, types=session.types, worker_id=session.worker_id, limit=limit
         )
         session.credit -= len(jobs)
+        metrics.LEASE_CLAIMS.labels(queue, "jobs" if jobs else "empty").inc()
         if jobs and session.closed:
             # The stream ended while we claimed: hand the leases the short grace.
             await self._store.pull_in_leases(

@@ -151,7 +151,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
                 return  # ignored: a worker cannot shrink or overflow its credit
             if not session.draining:
                 session.credit = min(session.credit + message.credit.credits, MAX_CREDIT)
-                self._dispatcher.wake()
+                self._dispatcher.credit_returned()
         elif kind == "drain":
             session.draining = True
             session.credit = 0
@@ -170,7 +170,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
                 self._settle(session, leases_pb2.SETTLE_KIND_NACK, nack)
             if 1 <= batch.credits <= MAX_CREDIT and not session.draining:
                 session.credit = min(session.credit + batch.credits, MAX_CREDIT)
-                self._dispatcher.wake()
+                self._dispatcher.credit_returned()
         # A second hello or an unknown kind is ignored: newer workers may send more.
 
     def _settle(

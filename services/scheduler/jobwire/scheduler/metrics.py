@@ -90,6 +90,12 @@ LEASE_EXPIRIES = Counter(
     "Attempts ended because their worker stopped extending the lease (crashed, cut off or stuck).",
     ["queue"],
 )
+LEASE_CLAIMS = Counter(
+    "jobwire_lease_claims",
+    "Claim statements the dispatcher ran for a stream, by whether they found jobs or came "
+    "back empty (empty ones are database round trips spent on nothing).",
+    ["queue", "result"],
+)
 JOB_START_LATENCY = Histogram(
     "jobwire_job_start_latency_seconds",
     "From the moment a job became ready (submitted, or its run_at or backoff passed) to its lease.",

@@ -31,11 +31,12 @@ def _returning_id(insert: LiteralString, columns: LiteralString = "id") -> Liter
 def _with_notify(insert: LiteralString) -> LiteralString:
     """The insert and the NOTIFY of the queues it filled, as one statement: for batches
     without idempotency keys, which cannot conflict, so one autocommitted round trip
-    replaces BEGIN, INSERT, NOTIFY and COMMIT. The notification goes out at its commit.
+    replaces BEGIN, INSERT, NOTIFY and COMMIT. The notification goes out at its commit,
+    with the payload of notify_submitted.
     The cross join with the one-row count makes PostgreSQL run the notifying part."""
     return (
         "WITH inserted AS (" + insert + "), notified AS ("
-        "SELECT count(pg_notify('jobwire_submitted', queue)) "
+        "SELECT count(pg_notify('jobwire_submitted', %(origin)s::text || ' ' || queue)) "
         "FROM (SELECT DISTINCT queue FROM inserted) AS q) "
         "SELECT inserted.* FROM inserted CROSS JOIN notified"
     )

@@ -105,6 +105,8 @@ class Store:
             name="jobwire-leases",
         )
         self._checking: asyncio.Task[None] | None = None
+        # Names this scheduler in the notifications of its submits (see `own_submit`).
+        self.origin = uuid.uuid4().hex
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
@@ -175,6 +177,7 @@ class Store:
             insert = "insert_jobs"
             rows = [_insert_params(*row) for row in zip(jobs, ids, digests, strict=True)]
             params = {column: [row[column] for row in rows] for column in rows[0]}
+        params["origin"] = self.origin
         if any(job.idempotency_key for job in jobs):
             results = await self._submit_keyed(jobs, insert, ids, digests, params, full=full)
         else:
@@ -247,7 +250,9 @@ class Store:
                 queues = sorted(
                     {jobs[i].queue for i, job_id in enumerate(ids) if job_id in inserted}
                 )
-                await conn.execute(QUERIES["notify_submitted"], {"queues": queues})
+                await conn.execute(
+                    QUERIES["notify_submitted"], {"queues": queues, "origin": self.origin}
+                )
         return results
 
     async def get(self, job_id: UUID, *, with_attempts: bool = True) -> Job:
@@ -297,7 +302,9 @@ class Store:
             rows = await self._rows(conn, "retry_job", {"id": job_id, "new_id": uuid.uuid4()})
             if rows:
                 job = Job.from_row(rows[0])
-                await conn.execute(QUERIES["notify_submitted"], {"queues": [job.queue]})
+                await conn.execute(
+                    QUERIES["notify_submitted"], {"queues": [job.queue], "origin": self.origin}
+                )
         if rows:
             metrics.JOBS_SUBMITTED.labels(job.queue, job.type).inc()
             return job
@@ -517,6 +524,13 @@ class Store:
             return cur.rowcount
 
     # -- notifications --------------------------------------------------------------------
+
+    def own_submit(self, payload: str) -> bool:
+        """Whether a jobwire_submitted notification came from this scheduler's own submit
+        (whose caller woke the dispatcher already). Payloads without an origin, from older
+        versions, are never taken for one's own."""
+        origin, _, _queue = payload.partition(" ")
+        return origin == self.origin
 
     async def listen(self, channels: Iterable[str]) -> AsyncIterator[tuple[str, str]]:
         """Yields (channel, payload) from LISTEN on a dedicated connection until it breaks."""

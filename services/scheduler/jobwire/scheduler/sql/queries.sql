@@ -52,7 +52,9 @@ JOIN unnest(%(tenant)b::text[], %(queue)b::text[], %(idempotency_key)b::text[]) 
   ON j.tenant = k.tenant AND j.queue = k.queue AND j.idempotency_key = k.key
 
 -- name: notify_submitted
-SELECT pg_notify('jobwire_submitted', q) FROM unnest(%(queues)b::text[]) AS q
+-- The payload is "ORIGIN QUEUE": a replica skips the notifications of its own submits,
+-- which woke its dispatcher already.
+SELECT pg_notify('jobwire_submitted', %(origin)s::text || ' ' || q) FROM unnest(%(queues)b::text[]) AS q
 
 -- name: get_job
 SELECT * FROM jobwire_jobs WHERE id = %(id)s

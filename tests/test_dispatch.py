@@ -1,0 +1,101 @@
+"""When the dispatcher claims jobs: on events that may have made jobs ready, not on every
+returned credit, and at least once per poll interval whatever else wakes it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
+from prometheus_client import REGISTRY
+
+from tests.support import SchedulerThread, StreamClient, wait_for
+
+
+def claims(queue: str, result: str) -> float:
+    return (
+        REGISTRY.get_sample_value("jobwire_lease_claims_total", {"queue": queue, "result": result})
+        or 0.0
+    )
+
+
+def submit(scheduler: SchedulerThread, queue: str, **fields: object) -> str:
+    reply = scheduler.jobs().Submit(
+        jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(queue=queue, type="echo", **fields)])
+    )
+    return str(reply.results[0].job.id)
+
+
+def credit(worker: StreamClient, n: int = 1) -> None:
+    worker.send(leases_pb2.LeaseRequest(credit=leases_pb2.Credit(credits=n)))
+
+
+@pytest.fixture
+def slow_poll(database_url: str) -> Iterator[SchedulerThread]:
+    # A poll tick far away: every claim in these tests comes from an event.
+    scheduler = SchedulerThread(database_url, poll_interval=30)
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.stop()
+
+
+def test_an_idle_worker_costs_one_claim_per_job(slow_poll: SchedulerThread) -> None:
+    queue = "one-claim-per-job"
+    worker = StreamClient(slow_poll.target, queues=(queue,), credits=4)
+    wait_for(lambda: slow_poll.scheduler.dispatcher.sessions, message="worker connected")
+    empty_before = claims(queue, "empty")
+    for i in range(10):
+        submit(slow_poll, queue)
+        job = worker.next_job(index=i)
+        worker.ack(job)
+        credit(worker)
+    worker.close()
+    assert claims(queue, "jobs") == 10
+    # Neither the submit's own NOTIFY nor the returned credit claimed again: the queue
+    # was found empty and nothing since could have made a job ready.
+    assert claims(queue, "empty") == empty_before
+
+
+def test_returned_credit_claims_what_a_full_claim_left_behind(
+    slow_poll: SchedulerThread,
+) -> None:
+    queue = "left-behind"
+    worker = StreamClient(slow_poll.target, queues=(queue,), credits=2)
+    wait_for(lambda: slow_poll.scheduler.dispatcher.sessions, message="worker connected")
+    slow_poll.jobs().Submit(
+        jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(queue=queue, type="echo") for _ in range(5)])
+    )
+    for i in range(5):
+        worker.ack(worker.next_job(index=i, timeout=5))
+        credit(worker)
+    worker.close()
+    assert len(worker.of_kind("job")) == 5
+
+
+def test_a_scheduled_job_comes_due_while_credit_keeps_waking_the_dispatcher(
+    database_url: str,
+) -> None:
+    scheduler = SchedulerThread(database_url, poll_interval=0.5)
+    scheduler.start()
+    try:
+        busy = StreamClient(scheduler.target, worker_id="busy", queues=("busy",), credits=1)
+        later = StreamClient(scheduler.target, worker_id="later", queues=("later",), credits=1)
+        wait_for(lambda: len(scheduler.scheduler.dispatcher.sessions) == 2, message="workers")
+        run_at = Timestamp()
+        run_at.FromDatetime(datetime.now(UTC) + timedelta(seconds=1))
+        job_id = submit(scheduler, "later", run_at=run_at)
+        # Credit every 20 ms wakes the dispatcher far more often than its poll interval.
+        deadline = time.monotonic() + 10
+        while not later.of_kind("job") and time.monotonic() < deadline:
+            credit(busy)
+            time.sleep(0.02)
+        busy.close()
+        assert later.next_job(timeout=0.1).job.id == job_id
+        later.close()
+    finally:
+        scheduler.stop()
