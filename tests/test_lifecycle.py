@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
 
 from tests.support import SchedulerThread, StreamClient
@@ -126,3 +128,48 @@ def test_submit_ids_only(scheduler: SchedulerThread) -> None:
     assert results[0].job.id == results[1].job.id
     stored = stub.Get(jobs_pb2.GetRequest(id=results[5].job.id)).job
     assert stored.spec.type == "echo" and stored.state == job_pb2.JOB_STATE_PENDING
+
+
+def test_a_big_ids_only_batch_stores_what_single_submits_store(
+    scheduler: SchedulerThread,
+) -> None:
+    """Big key-less batches of ids go in by another path (COPY); the jobs must not differ."""
+    stub = scheduler.jobs()
+    later = Timestamp(seconds=int(time.time()) + 3600)
+    specs = [
+        job_pb2.JobSpec(
+            queue="bulk",
+            type="echo",
+            payload=job_pb2.Payload(data=b'{"n": 1}', content_type="application/json"),
+            priority=7,
+            max_attempts=5,
+            backoff=job_pb2.BackoffPolicy(
+                initial=Duration(seconds=2), max=Duration(seconds=90), multiplier=3, jitter=0.5
+            ),
+            lease_timeout=Duration(seconds=45),
+            execution_timeout=Duration(seconds=20),
+            labels={"batch": "big"},
+        ),
+        job_pb2.JobSpec(queue="bulk", type="echo", run_at=later),
+    ]
+    one = [stub.Submit(jobs_pb2.SubmitRequest(jobs=[s])).results[0].job for s in specs]
+    many = stub.Submit(jobs_pb2.SubmitRequest(jobs=specs * 150, ids_only=True)).results
+    assert len(many) == 300 and all(r.created for r in many)
+    assert len({r.job.id for r in many}) == 300
+    for i in (0, 1, 298, 299):
+        stored = stub.Get(jobs_pb2.GetRequest(id=many[i].job.id)).job
+        expected = one[i % 2]
+        if i % 2 == 0:  # no run_at given: each has its own submit time, compared below
+            stored.spec.ClearField("run_at")
+            expected.spec.ClearField("run_at")
+        assert stored.spec == expected.spec
+        assert (stored.state, stored.tenant, stored.attempt) == (
+            expected.state,
+            expected.tenant,
+            expected.attempt,
+        )
+    # A job without run_at is ready as of the batch's own transaction, like a single submit.
+    first = stub.Get(jobs_pb2.GetRequest(id=many[0].job.id)).job
+    assert first.spec.run_at == first.created_at
+    stats = stub.Stats(jobs_pb2.StatsRequest(queue="bulk")).queues[0]
+    assert (stats.ready, stats.scheduled) == (151, 151)

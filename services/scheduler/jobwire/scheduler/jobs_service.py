@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc
+from jobwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 from . import convert, validation
 from .batching import GroupCommit
@@ -103,16 +103,19 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             for job, s in zip(new, submitted, strict=True):
                 if s.created:
                     log.debug("submitted", extra=_log_fields(s.job_id, job))
-        return jobs_pb2.SubmitResponse(
-            results=[
-                jobs_pb2.SubmitResult(
-                    job=job_pb2.Job(id=str(s.job_id))
-                    if request.ids_only or s.job is None
-                    else convert.job(s.job),
-                    created=s.created,
-                )
-                for s in submitted
-            ]
+        return convert.message(
+            jobs_pb2.SubmitResponse,
+            {
+                "results": [
+                    {
+                        "job": {"id": str(s.job_id)}
+                        if request.ids_only or s.job is None
+                        else convert.job_fields(s.job),
+                        "created": s.created,
+                    }
+                    for s in submitted
+                ]
+            },
         )
 
     async def _write_small_submits(self, requests: Sequence[list[NewJob]]) -> list[list[Submitted]]:

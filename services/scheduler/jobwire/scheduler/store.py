@@ -53,6 +53,15 @@ log = logging.getLogger(__name__)
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 
+# Key-less batches of this many jobs or more, whose producer wants ids only, go in with
+# COPY: it costs a few more round trips than one INSERT, and saves ~6 µs per row.
+COPY_FROM = 100
+# The column types of copy_jobs, in its order.
+_COPY_TYPES = (
+    "uuid", "text", "text", "text", "bytea", "text", "int4", "timestamptz", "int4",
+    "interval", "interval", "float8", "float8", "interval", "interval", "jsonb", "text",
+)  # fmt: skip
+
 # Outcomes that a repeated settle of the same kind may find already recorded.
 _SAME_ACK = {Outcome.SUCCEEDED}
 # The metrics' outcome of an attempt that ended without success, by the state it left
@@ -169,6 +178,11 @@ class Store:
         With `full=False` new jobs come back as ids only (`Submitted.job` is None).
         """
         ids = [uuid.uuid4() for _ in jobs]
+        keyed = any(job.idempotency_key for job in jobs)
+        if not full and not keyed and len(jobs) >= COPY_FROM:
+            await self._copy_in(jobs, ids)
+            _count_submitted(jobs)
+            return [Submitted(job_id=i, job=None, created=True) for i in ids]
         digests = [job.digest() if job.idempotency_key else None for job in jobs]
         if len(jobs) == 1:
             insert = "insert_job"
@@ -178,7 +192,7 @@ class Store:
             rows = [_insert_params(*row) for row in zip(jobs, ids, digests, strict=True)]
             params = {column: [row[column] for row in rows] for column in rows[0]}
         params["origin"] = self.origin
-        if any(job.idempotency_key for job in jobs):
+        if keyed:
             results = await self._submit_keyed(jobs, insert, ids, digests, params, full=full)
         else:
             # Nothing can conflict: one statement inserts and notifies, atomic by itself.
@@ -187,11 +201,42 @@ class Store:
                 rows = await self._rows(conn, query, params)
             stored = {row["id"]: Job.from_row(row) if full else None for row in rows}
             results = [Submitted(job_id=i, job=stored[i], created=True) for i in ids]
-        metrics.count(
-            metrics.JOBS_SUBMITTED,
-            ((job.queue, job.type) for job, r in zip(jobs, results, strict=True) if r.created),
-        )
+        _count_submitted([job for job, r in zip(jobs, results, strict=True) if r.created])
         return results
+
+    async def _copy_in(self, jobs: Sequence[NewJob], ids: list[UUID]) -> None:
+        """Inserts a big key-less batch with COPY: about half the client CPU per row of
+        insert_jobs, whose arrays psycopg builds element by element in Python."""
+        async with self._transaction() as conn:
+            now = (await self._rows(conn, "transaction_start", {}))[0]["now"]
+            async with conn.cursor().copy(QUERIES["copy_jobs"]) as copy:
+                copy.set_types(_COPY_TYPES)
+                for job, job_id in zip(jobs, ids, strict=True):
+                    await copy.write_row(
+                        (
+                            job_id,
+                            job.queue,
+                            job.type,
+                            job.tenant,
+                            job.payload,
+                            job.payload_type,
+                            job.priority,
+                            job.run_at or now,
+                            job.max_attempts,
+                            job.backoff.initial,
+                            job.backoff.max,
+                            job.backoff.multiplier,
+                            job.backoff.jitter,
+                            job.lease_timeout,
+                            job.execution_timeout,
+                            Jsonb(dict(job.labels)),
+                            job.trace_id,
+                        )
+                    )
+            queues = sorted({job.queue for job in jobs})
+            await conn.execute(
+                QUERIES["notify_submitted"], {"queues": queues, "origin": self.origin}
+            )
 
     async def _submit_keyed(
         self,
@@ -547,6 +592,10 @@ class Store:
             raise _translate(exc) from exc
         finally:
             await conn.close()
+
+
+def _count_submitted(jobs: Iterable[NewJob]) -> None:
+    metrics.count(metrics.JOBS_SUBMITTED, ((job.queue, job.type) for job in jobs))
 
 
 def _insert_params(job: NewJob, job_id: UUID, digest: bytes | None) -> dict[str, Any]:

@@ -46,6 +46,20 @@ INSERT INTO jobwire_jobs (
 ON CONFLICT (tenant, queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *
 
+-- name: copy_jobs
+-- Big key-less batches whose producer wants ids only: COPY in binary, which psycopg
+-- formats in C. The columns are in the order of store._COPY_TYPES; the idempotency key
+-- and digest stay NULL.
+COPY jobwire_jobs (
+    id, queue, type, tenant, payload, payload_type, priority, run_at, max_attempts,
+    backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,
+    lease_timeout, execution_timeout, labels, trace_id
+) FROM STDIN (FORMAT BINARY)
+
+-- name: transaction_start
+-- What now() is for every statement of the transaction: the run_at of a job without one.
+SELECT now() AS now
+
 -- name: jobs_by_idempotency_key
 SELECT j.* FROM jobwire_jobs j
 JOIN unnest(%(tenant)b::text[], %(queue)b::text[], %(idempotency_key)b::text[]) AS k(tenant, queue, key)
