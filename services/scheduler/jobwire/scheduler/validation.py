@@ -26,6 +26,9 @@ UUID_TEXT = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 MAX_BATCH = 1000
+# Shared by every job that names no backoff: it is immutable, and a batch of a thousand
+# jobs would otherwise build a thousand equal ones.
+DEFAULT_BACKOFF = Backoff()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,7 +151,7 @@ def new_job(
             f"{where}.max_attempts",
             f"must be between 1 and {limits.max_attempts}, got {spec.max_attempts}",
         )
-    backoff = Backoff()
+    backoff = DEFAULT_BACKOFF
     if spec.HasField("backoff"):
         b = spec.backoff
         initial = backoff.initial
@@ -192,9 +195,10 @@ def new_job(
             or None
         )
     key = text(spec.idempotency_key, f"{where}.idempotency_key", limits.max_key_length) or None
-    if len(spec.labels) > limits.max_labels:
+    labels = dict(spec.labels) if spec.labels else {}
+    if len(labels) > limits.max_labels:
         raise _fail(f"{where}.labels", f"has more than {limits.max_labels} entries")
-    for k, v in spec.labels.items():
+    for k, v in labels.items():
         text(k, f"{where}.labels key", 64)
         text(v, f"{where}.labels[{k!r}]", 256)
         if not k:
@@ -211,7 +215,7 @@ def new_job(
         lease_timeout=lease_timeout,
         execution_timeout=execution_timeout,
         idempotency_key=key,
-        labels=dict(spec.labels),
+        labels=labels,
         tenant=tenant,
         trace_id=trace_id,
     )
