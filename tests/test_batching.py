@@ -1,0 +1,77 @@
+"""Group commit: one batch at a time; what arrives during a write goes out together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from jobwire.scheduler.batching import GroupCommit
+
+
+class Recorder:
+    """A write that takes a moment, like a database round trip, and records its batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.writing = 0
+        self.most_at_once = 0
+
+    async def write(self, items: Sequence[int]) -> list[int]:
+        self.writing += 1
+        self.most_at_once = max(self.most_at_once, self.writing)
+        self.batches.append(list(items))
+        try:
+            await asyncio.sleep(0.01)
+            if -1 in items:
+                raise ValueError("refused")
+            return [item * 10 for item in items]
+        finally:
+            self.writing -= 1
+
+
+def test_an_item_on_an_idle_commit_goes_out_alone() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        commit = GroupCommit(recorder.write)
+        assert await commit.submit(1) == 10
+        assert await commit.submit(2) == 20
+        assert recorder.batches == [[1], [2]]
+        await commit.close()
+
+    asyncio.run(main())
+
+
+def test_items_arriving_during_a_write_share_the_next_batch() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        commit = GroupCommit(recorder.write)
+        first = asyncio.ensure_future(commit.submit(1))
+        await asyncio.sleep(0)  # the first is being written now
+        rest = [asyncio.ensure_future(commit.submit(n)) for n in (2, 3, 4)]
+        assert await first == 10
+        assert await asyncio.gather(*rest) == [20, 30, 40]
+        assert recorder.batches == [[1], [2, 3, 4]]
+        assert recorder.most_at_once == 1
+        await commit.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_batch_fails_its_own_callers_only() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        commit = GroupCommit(recorder.write)
+        with pytest.raises(ValueError, match="refused"):
+            await commit.submit(-1)
+        first = asyncio.ensure_future(commit.submit(1))
+        await asyncio.sleep(0)
+        doomed = [asyncio.ensure_future(commit.submit(n)) for n in (2, -1)]
+        assert await first == 10
+        for task in doomed:
+            with pytest.raises(ValueError, match="refused"):
+                await task
+        assert await commit.submit(3) == 30
+        await commit.close()
+
+    asyncio.run(main())
