@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from jobwire.scheduler import migrate
+from jobwire.scheduler.queries import QUERIES
 
 
 @pytest.fixture
@@ -175,8 +177,10 @@ def test_guard_only_fires_on_a_broken_rule(conn: psycopg.Connection[tuple[object
     job_id = insert_job(conn)
     conn.execute("UPDATE jobwire_jobs SET priority = 7 WHERE id = %s", (job_id,))
     token = lease(conn, job_id)
-    conn.execute("UPDATE jobwire_jobs SET lease_deadline = now() + interval '1 minute' "
-                 "WHERE id = %s", (job_id,))
+    conn.execute(
+        "UPDATE jobwire_jobs SET lease_deadline = now() + interval '1 minute' WHERE id = %s",
+        (job_id,),
+    )
     state = conn.execute(
         "SELECT jobwire_end_attempt(%s, %s, false, false, true, NULL, 'x', 'k', '')",
         (job_id, token),
@@ -186,3 +190,42 @@ def test_guard_only_fires_on_a_broken_rule(conn: psycopg.Connection[tuple[object
         "SELECT updated_at > created_at FROM jobwire_jobs WHERE id = %s", (job_id,)
     ).fetchone()
     assert stamps == (True,)
+
+
+def _generic_plan(conn: psycopg.Connection[tuple[object, ...]], statement: str) -> str:
+    """The plan PostgreSQL caches for a prepared statement, its parameters unknown."""
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)[bs]", statement)))
+    for number, name in enumerate(names, 1):
+        statement = re.sub(rf"%\({name}\)[bs]", f"${number}", statement)
+    rows = conn.execute(f"EXPLAIN (GENERIC_PLAN) {statement}").fetchall()
+    return "\n".join(str(row[0]) for row in rows)
+
+
+def test_lease_lookups_stay_on_the_primary_key_when_nothing_ran(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """Statistics taken with a backlog and nothing running make the RUNNING-only partial
+    indexes look empty; a plan scanning one of them whole for every ack or expiry slowed
+    those to seconds once many jobs had passed through."""
+    conn.execute(
+        """INSERT INTO jobwire_jobs (id, queue, type, payload, run_at, max_attempts,
+               backoff_initial, backoff_max, backoff_multiplier, backoff_jitter, lease_timeout)
+           SELECT gen_random_uuid(), 'q', 't', '{}', now(), 3, '1s', '1min', 2, 0, '30s'
+           FROM generate_series(1, 20000)"""
+    )
+    conn.execute("ANALYZE jobwire_jobs")
+    (source,) = conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'jobwire_end_attempt'"
+    ).fetchone() or ("",)
+    lookup = re.search(r"SELECT \* INTO j (FROM jobwire_jobs.*?FOR UPDATE)", str(source), re.S)
+    assert lookup, "jobwire_end_attempt no longer looks the job up as expected"
+    end_attempt = "SELECT * " + lookup[1].replace("p_id", "%(id)s").replace("p_token", "%(t)s")
+    for name in ("ack_jobs", "nack_jobs", "extend_leases", "explain_refusals"):
+        plan = _generic_plan(conn, QUERIES[name])
+        assert "jobwire_jobs_worker" not in plan and "jobwire_jobs_leases" not in plan, (
+            name,
+            plan,
+        )
+        assert "Seq Scan on jobwire_jobs" not in plan, (name, plan)
+    plan = _generic_plan(conn, end_attempt)
+    assert "Index Scan using jobwire_jobs_pkey" in plan, plan

@@ -133,7 +133,11 @@ WITH input AS (
         error_details = NULL,
         updated_at = clock_timestamp()
     FROM input i
-    WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
+    -- The current lease: lease_iff_running makes a token with a deadline mean RUNNING.
+    -- Spelled without `state`, so the planner cannot pick a RUNNING-only partial index:
+    -- statistics taken while nothing ran make those look empty, and scanning one whole
+    -- (dead entries included) for every batch slowed acks to seconds on a big backlog.
+    WHERE j.id = i.id AND j.lease_token = i.token AND j.lease_deadline IS NOT NULL
     RETURNING j.id, j.attempt, i.token, j.queue, j.type
 ), history AS (
     UPDATE jobwire_attempts a SET outcome = 'SUCCEEDED', finished_at = now(), next_state = 'SUCCEEDED'
@@ -155,7 +159,7 @@ FROM unnest(%(id)b::uuid[], %(token)b::uuid[], %(release)b::bool[], %(retryable)
             %(delay)b::interval[], %(message)b::text[], %(kind)b::text[], %(details)b::text[])
      AS t(id, token, release, retryable, delay, message, kind, details)
 LEFT JOIN jobwire_jobs j ON j.id = t.id
-LEFT JOIN jobwire_attempts a ON a.lease_token = t.token
+LEFT JOIN jobwire_attempts a ON a.job_id = t.id AND a.lease_token = t.token
 
 -- name: extend_leases
 UPDATE jobwire_jobs j SET
@@ -164,7 +168,8 @@ UPDATE jobwire_jobs j SET
     updated_at = clock_timestamp()
 FROM unnest(%(id)b::uuid[], %(token)b::uuid[], %(extend_by)b::interval[],
             %(worker_id)b::text[]) AS i(id, token, extend_by, worker_id)
-WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'RUNNING'
+-- The current lease, spelled as in ack_jobs to stay on the primary key.
+WHERE j.id = i.id AND j.lease_token = i.token AND j.lease_deadline IS NOT NULL
 RETURNING j.id, i.token, j.lease_deadline, j.cancel_requested
 
 -- name: explain_refusals
