@@ -191,8 +191,8 @@ class Store:
             params = _insert_params(jobs[0], ids[0], digests[0])
         else:
             insert = "insert_jobs"
-            rows = [_insert_params(*row) for row in zip(jobs, ids, digests, strict=True)]
-            params = {column: [row[column] for row in rows] for column in rows[0]}
+            per_job = [_insert_params(*job) for job in zip(jobs, ids, digests, strict=True)]
+            params = {column: [one[column] for one in per_job] for column in per_job[0]}
         params["origin"] = self.origin
         if keyed:
             results = await self._submit_keyed(jobs, insert, ids, digests, params, full=full)
