@@ -47,7 +47,8 @@ def slow_poll(database_url: str) -> Iterator[SchedulerThread]:
 def test_an_idle_worker_costs_one_claim_per_job(slow_poll: SchedulerThread) -> None:
     queue = "one-claim-per-job"
     worker = StreamClient(slow_poll.target, queues=(queue,), credits=4)
-    wait_for(lambda: slow_poll.scheduler.dispatcher.sessions, message="worker connected")
+    # The new stream's first claim finds the queue empty; counted from after it.
+    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
     empty_before = claims(queue, "empty")
     for i in range(10):
         submit(slow_poll, queue)
