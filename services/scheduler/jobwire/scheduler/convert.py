@@ -72,10 +72,6 @@ def _error_fields(value: ErrorInfo) -> dict[str, str]:
     return {"message": value.message, "kind": value.kind, "details": value.details}
 
 
-def error(value: ErrorInfo) -> job_pb2.JobError:
-    return job_pb2.JobError(**_error_fields(value))
-
-
 def _attempt_fields(value: Attempt) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "number": value.number,
@@ -88,10 +84,6 @@ def _attempt_fields(value: Attempt) -> dict[str, Any]:
     if value.error:
         fields["error"] = _error_fields(value.error)
     return fields
-
-
-def attempt(value: Attempt) -> job_pb2.Attempt:
-    return job_pb2.Attempt(**_attempt_fields(value))
 
 
 def job_fields(value: Job) -> dict[str, Any]:
