@@ -200,6 +200,17 @@ class StreamClient:
         )
         return self.result_for(job.job.id, leases_pb2.SETTLE_KIND_ACK)
 
+    def nack(self, job: leases_pb2.LeasedJob, **fields: Any) -> leases_pb2.SettleResult:
+        """Reports a failure (by default a retryable-looking RuntimeError; `fields` are
+        NackItem's) and waits for the answer."""
+        fields.setdefault("error", job_pb2.JobError(message="boom", kind="RuntimeError"))
+        self.send(
+            leases_pb2.LeaseRequest(
+                nack=leases_pb2.NackItem(job_id=job.job.id, lease_token=job.lease_token, **fields)
+            )
+        )
+        return self.result_for(job.job.id, leases_pb2.SETTLE_KIND_NACK)
+
     def cut(self) -> None:
         """Ends the stream from the client side, as a crashed worker's connection would."""
         self._call.cancel()

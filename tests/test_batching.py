@@ -16,11 +16,14 @@ class Recorder:
         self.batches: list[list[int]] = []
         self.writing = 0
         self.most_at_once = 0
+        # Set once a write is under way; cleared by the test that waits for the next.
+        self.started = asyncio.Event()
 
     async def write(self, items: Sequence[int]) -> list[int]:
         self.writing += 1
         self.most_at_once = max(self.most_at_once, self.writing)
         self.batches.append(list(items))
+        self.started.set()
         try:
             await asyncio.sleep(0.01)
             if -1 in items:
@@ -47,7 +50,7 @@ def test_items_arriving_during_a_write_share_the_next_batch() -> None:
         recorder = Recorder()
         commit = GroupCommit(recorder.write)
         first = asyncio.ensure_future(commit.submit(1))
-        await asyncio.sleep(0)  # the first is being written now
+        await recorder.started.wait()  # the first is being written now
         rest = [asyncio.ensure_future(commit.submit(n)) for n in (2, 3, 4)]
         assert await first == 10
         assert await asyncio.gather(*rest) == [20, 30, 40]
@@ -64,8 +67,9 @@ def test_a_failed_batch_fails_its_own_callers_only() -> None:
         commit = GroupCommit(recorder.write)
         with pytest.raises(ValueError, match="refused"):
             await commit.submit(-1)
+        recorder.started.clear()
         first = asyncio.ensure_future(commit.submit(1))
-        await asyncio.sleep(0)
+        await recorder.started.wait()
         doomed = [asyncio.ensure_future(commit.submit(n)) for n in (2, -1)]
         assert await first == 10
         for task in doomed:

@@ -44,7 +44,7 @@ from jobwire.client import (
     JobState,
     QueueStats,
 )
-from jobwire.v1 import job_pb2, leases_pb2
+from jobwire.v1 import job_pb2
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -551,17 +551,11 @@ def _work(target: str, ack: bytes | None) -> threading.Thread:
             if ack is not None:
                 worker.ack(leased, ack)
                 return
-            worker.send(
-                leases_pb2.LeaseRequest(
-                    nack=leases_pb2.NackItem(
-                        job_id=leased.job.id,
-                        lease_token=leased.lease_token,
-                        error=job_pb2.JobError(message="no good", kind="ValueError"),
-                        retryable=False,
-                    )
-                )
+            worker.nack(
+                leased,
+                error=job_pb2.JobError(message="no good", kind="ValueError"),
+                retryable=False,
             )
-            worker.result_for(leased.job.id, leases_pb2.SETTLE_KIND_NACK)
         finally:
             worker.close()
 

@@ -38,7 +38,7 @@ from jobwire.client import (
     NotFoundError,
     UnavailableError,
 )
-from jobwire.v1 import job_pb2, leases_pb2
+from jobwire.v1 import job_pb2
 
 from tests.support import StreamClient, wait_for
 from tests.test_cli import make_parser, run
@@ -109,18 +109,11 @@ def fail_jobs(
     worker = StreamClient(target, queues=(queue,), types=(type,), credits=count)
     try:
         for index in range(count):
-            leased = worker.next_job(index=index)
-            worker.send(
-                leases_pb2.LeaseRequest(
-                    nack=leases_pb2.NackItem(
-                        job_id=leased.job.id,
-                        lease_token=leased.lease_token,
-                        error=job_pb2.JobError(message=message, kind=kind),
-                        retryable=False,
-                    )
-                )
+            worker.nack(
+                worker.next_job(index=index),
+                error=job_pb2.JobError(message=message, kind=kind),
+                retryable=False,
             )
-            worker.result_for(leased.job.id, leases_pb2.SETTLE_KIND_NACK)
     finally:
         worker.close()
     assert {client.get(i).state for i in ids} == {JobState.FAILED}

@@ -37,19 +37,13 @@ from jobwire.worker import (
 )
 from jobwire.worker.mailer import SmtpSettings
 
+from tests.processes import free_port
 from tests.support import wait_for
 from tests.test_worker_integration import Producer
 
 SERVER_NAME = "smtp.test"
 USERNAME = "mailer"
 PASSWORD = "correct horse"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobwire.client import Client
-from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
+from jobwire.v1 import job_pb2, jobs_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import SchedulerProcess, WorkerProcess, free_port
@@ -105,17 +105,11 @@ def test_job_lifecycle_counters_and_histograms(observed: SchedulerThread) -> Non
         leased = {worker.next_job(index=i).job.id: worker.next_job(index=i) for i in range(4)}
         worker.ack(leased[ok.id])
         for job_id in (retried.id, dead.id):
-            worker.send(
-                leases_pb2.LeaseRequest(
-                    nack=leases_pb2.NackItem(
-                        job_id=job_id,
-                        lease_token=leased[job_id].lease_token,
-                        error=job_pb2.JobError(message="broken", kind="test"),
-                        retryable=True,
-                    )
-                )
+            worker.nack(
+                leased[job_id],
+                error=job_pb2.JobError(message="broken", kind="test"),
+                retryable=True,
             )
-            worker.result_for(job_id, leases_pb2.SETTLE_KIND_NACK)
     finally:
         worker.close()
     after = scrape(port)

@@ -34,18 +34,6 @@ def get(scheduler: SchedulerThread, job_id: str) -> job_pb2.Job:
     return scheduler.jobs().Get(jobs_pb2.GetRequest(id=job_id)).job
 
 
-def nack(
-    worker: StreamClient, leased: leases_pb2.LeasedJob, **fields: object
-) -> leases_pb2.SettleResult:
-    fields.setdefault("error", job_pb2.JobError(message="boom", kind="RuntimeError"))
-    worker.send(
-        leases_pb2.LeaseRequest(
-            nack=leases_pb2.NackItem(job_id=leased.job.id, lease_token=leased.lease_token, **fields)
-        )
-    )
-    return worker.result_for(leased.job.id, leases_pb2.SETTLE_KIND_NACK)
-
-
 def wait_state(
     scheduler: SchedulerThread, job_id: str, state: int, timeout: float = 10
 ) -> job_pb2.Job:
@@ -141,7 +129,7 @@ def test_retries_back_off_then_fail(scheduler: SchedulerThread) -> None:
             # run_at moved out by the backoff: 0.3 s, then 0.6 s.
             assert time.monotonic() - nacked_at[-1] >= 0.3 * 2 ** (attempt - 2) - 0.05
         assert leased.job.attempt == attempt
-        assert nack(worker, leased, retryable=True).code == OK
+        assert worker.nack(leased, retryable=True).code == OK
         nacked_at.append(time.monotonic())
         worker.send(leases_pb2.LeaseRequest(credit=leases_pb2.Credit(credits=1)))
     failed = wait_state(scheduler, job.id, job_pb2.JOB_STATE_FAILED)
@@ -155,8 +143,7 @@ def test_non_retryable_nack_fails_at_once(scheduler: SchedulerThread) -> None:
     worker = StreamClient(scheduler.target)
     leased = worker.next_job()
     assert (
-        nack(
-            worker,
+        worker.nack(
             leased,
             retryable=False,
             error=job_pb2.JobError(message="bad input", kind="ValueError"),
@@ -167,14 +154,14 @@ def test_non_retryable_nack_fails_at_once(scheduler: SchedulerThread) -> None:
     assert failed.state == job_pb2.JOB_STATE_FAILED and failed.attempt == 1
     assert failed.error.message == "bad input"
     # A resend of the same nack (lost reply) is answered OK and changes nothing.
-    assert nack(worker, leased, retryable=False).code == OK
+    assert worker.nack(leased, retryable=False).code == OK
     worker.close()
 
 
 def test_retry_of_a_failed_job_is_a_new_job(scheduler: SchedulerThread) -> None:
     job = submit(scheduler, max_attempts=1)
     worker = StreamClient(scheduler.target)
-    assert nack(worker, worker.next_job(), retryable=True).code == OK
+    assert worker.nack(worker.next_job(), retryable=True).code == OK
     wait_state(scheduler, job.id, job_pb2.JOB_STATE_FAILED)
 
     retried = scheduler.jobs().Retry(jobs_pb2.RetryRequest(id=job.id)).job
@@ -217,8 +204,7 @@ def test_cancel_pending_and_running(scheduler: SchedulerThread) -> None:
     assert notice.job_id == running.id and notice.lease_token == leased.lease_token
     assert notice.reason == "stop"
     assert (
-        nack(
-            worker,
+        worker.nack(
             leased,
             retryable=False,
             error=job_pb2.JobError(message="stopped", kind="cancelled"),
@@ -278,7 +264,7 @@ def test_watch_delivers_every_state_change(scheduler: SchedulerThread) -> None:
     watcher = threading.Thread(target=follow)
     watcher.start()
     worker = StreamClient(scheduler.target)
-    assert nack(worker, worker.next_job(), retryable=True).code == OK
+    assert worker.nack(worker.next_job(), retryable=True).code == OK
     worker.send(leases_pb2.LeaseRequest(credit=leases_pb2.Credit(credits=1)))
     assert worker.ack(worker.next_job(index=1)).code == OK
     watcher.join(30)
