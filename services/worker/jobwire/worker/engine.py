@@ -192,7 +192,7 @@ class Engine:
             )
             self._grant_credit()  # the slot this job would have used is still free
             return
-        for other in list(self._held.values()):
+        for other in self._held.values():  # _stop never adds or removes a lease
             if other.job_id == job.id:
                 # Leased again under a new token: the old attempt cannot settle any more.
                 self._stop(other, StopReason.LOST, "job leased again")
