@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
+from jobwire.v1 import job_pb2, jobs_pb2
 
 from .model import Attempt, ErrorInfo, Job, QueueStats, State
 
@@ -41,7 +41,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def message(cls: type[M], fields: dict[str, Any]) -> M:
-    """A message from its keyword dict (nested dicts for nested messages)."""
+    """A message from its keyword dict (nested dicts for nested messages), which the
+    protobuf stubs would refuse as keywords typed as messages."""
     return cls(**fields)
 
 
@@ -138,17 +139,15 @@ def job(value: Job) -> job_pb2.Job:
     return job_pb2.Job(**job_fields(value))
 
 
-def leased_job(value: Job) -> leases_pb2.LeasedJob:
-    """A job as its worker receives it, with the lease it holds."""
+def leased_job_fields(value: Job) -> dict[str, Any]:
+    """The fields of a `leases_pb2.LeasedJob`: a job as its worker receives it, with the
+    lease it holds."""
     assert value.lease_token is not None and value.lease_deadline is not None
-    return message(
-        leases_pb2.LeasedJob,
-        {
-            "job": job_fields(value),
-            "lease_token": str(value.lease_token),
-            "lease_deadline": _timestamp_fields(value.lease_deadline),
-        },
-    )
+    return {
+        "job": job_fields(value),
+        "lease_token": str(value.lease_token),
+        "lease_deadline": _timestamp_fields(value.lease_deadline),
+    }
 
 
 def queue_stats(value: QueueStats, connected_workers: int) -> jobs_pb2.QueueStats:

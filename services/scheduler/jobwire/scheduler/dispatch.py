@@ -136,7 +136,9 @@ class Dispatcher:
 
     def add(self, session: Session) -> None:
         self._sessions.append(session)
-        self.wake()
+        # A new stream has found nothing empty yet, so it gets its claims without
+        # reopening the queues other streams found empty.
+        self.credit_returned()
 
     def remove(self, session: Session) -> None:
         session.close()
@@ -256,11 +258,11 @@ class Dispatcher:
                 grace=self._stream_grace,
                 keep=self.held_elsewhere(session),
             )
-        leased: list[leases_pb2.LeasedJob] = []
+        leased: list[dict[str, Any]] = []
         for job in jobs:
             assert job.lease_token is not None
             self.hold(session, job.id, job.lease_token)
-            leased.append(convert.leased_job(job))
+            leased.append(convert.leased_job_fields(job))
             self._changes.changed(job.id)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -274,11 +276,11 @@ class Dispatcher:
                         "trace_id": job.trace_id,
                     },
                 )
+        # Built as one message here, from the jobs' fields, rather than from LeasedJob
+        # messages or merged by the stream, either of which would copy every job again.
         if session.batches and len(leased) > 1:
-            # Built as one message here rather than merged by the stream, which would
-            # copy every job once more.
-            session.send(leases_pb2.LeaseResponse(jobs=leases_pb2.LeasedJobs(jobs=leased)))
+            session.send(convert.message(leases_pb2.LeaseResponse, {"jobs": {"jobs": leased}}))
         else:
             for one in leased:
-                session.send(leases_pb2.LeaseResponse(job=one))
+                session.send(convert.message(leases_pb2.LeaseResponse, {"job": one}))
         return len(jobs)

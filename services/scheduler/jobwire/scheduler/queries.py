@@ -22,7 +22,7 @@ def _load() -> dict[str, LiteralString]:
 QUERIES = _load()
 
 
-def _returning_id(insert: LiteralString, columns: LiteralString = "id") -> LiteralString:
+def _returning_id(insert: LiteralString, columns: LiteralString) -> LiteralString:
     """The same insert for producers who want ids only, without sending every row back."""
     assert insert.endswith("RETURNING *")
     return insert.removesuffix("RETURNING *") + "RETURNING " + columns
@@ -30,9 +30,9 @@ def _returning_id(insert: LiteralString, columns: LiteralString = "id") -> Liter
 
 def _with_notify(insert: LiteralString) -> LiteralString:
     """The insert and the NOTIFY of the queues it filled, as one statement: for batches
-    without idempotency keys, which cannot conflict, so one autocommitted round trip
-    replaces BEGIN, INSERT, NOTIFY and COMMIT. The notification goes out at its commit,
-    with the payload of notify_submitted.
+    without idempotency keys, which cannot conflict, one autocommitted round trip
+    replaces BEGIN, INSERT, NOTIFY and COMMIT; rows skipped for a taken key notify
+    nothing. The notification goes out at commit, with the payload of notify_submitted.
     The cross join with the one-row count makes PostgreSQL run the notifying part."""
     return (
         "WITH inserted AS (" + insert + "), notified AS ("
@@ -42,10 +42,9 @@ def _with_notify(insert: LiteralString) -> LiteralString:
     )
 
 
-# insert_jobs (arrays, for batches) and insert_job (scalars, for one job), each also as
-# *_returning_id, *_notify and *_notify_returning_id.
+# insert_jobs (arrays, for batches) and insert_job (scalars, for one job), each run as
+# *_notify, or *_notify_returning_id for producers who want ids only.
 for _insert in ("insert_jobs", "insert_job"):
-    QUERIES[_insert + "_returning_id"] = _returning_id(QUERIES[_insert])
     QUERIES[_insert + "_notify"] = _with_notify(QUERIES[_insert])
     QUERIES[_insert + "_notify_returning_id"] = _with_notify(
         _returning_id(QUERIES[_insert], "id, queue")

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
@@ -63,6 +64,28 @@ _COPY_TYPES = (
     "uuid", "text", "text", "text", "bytea", "text", "int4", "timestamptz", "int4",
     "interval", "interval", "float8", "float8", "interval", "interval", "jsonb", "text",
 )  # fmt: skip
+
+# The columns of insert_job (a job's values) and insert_jobs (arrays of them), but for
+# `id` and `spec_digest`, which the store makes.
+_JOB_COLUMNS: dict[str, Callable[[NewJob], Any]] = {
+    "queue": attrgetter("queue"),
+    "type": attrgetter("type"),
+    "tenant": attrgetter("tenant"),
+    "payload": attrgetter("payload"),
+    "payload_type": attrgetter("payload_type"),
+    "priority": attrgetter("priority"),
+    "run_at": attrgetter("run_at"),
+    "max_attempts": attrgetter("max_attempts"),
+    "backoff_initial": attrgetter("backoff.initial"),
+    "backoff_max": attrgetter("backoff.max"),
+    "backoff_multiplier": attrgetter("backoff.multiplier"),
+    "backoff_jitter": attrgetter("backoff.jitter"),
+    "lease_timeout": attrgetter("lease_timeout"),
+    "execution_timeout": attrgetter("execution_timeout"),
+    "idempotency_key": attrgetter("idempotency_key"),
+    "labels": lambda job: Jsonb(dict(job.labels)),
+    "trace_id": attrgetter("trace_id"),
+}
 
 # Outcomes that a repeated settle of the same kind may find already recorded.
 _SAME_ACK = {Outcome.SUCCEEDED}
@@ -188,11 +211,12 @@ class Store:
         digests = [job.digest() if job.idempotency_key else None for job in jobs]
         if len(jobs) == 1:
             insert = "insert_job"
-            params = _insert_params(jobs[0], ids[0], digests[0])
+            params = {column: get(jobs[0]) for column, get in _JOB_COLUMNS.items()}
+            params.update(id=ids[0], spec_digest=digests[0])
         else:
             insert = "insert_jobs"
-            per_job = [_insert_params(*job) for job in zip(jobs, ids, digests, strict=True)]
-            params = {column: [one[column] for one in per_job] for column in per_job[0]}
+            params = {column: [get(job) for job in jobs] for column, get in _JOB_COLUMNS.items()}
+            params.update(id=ids, spec_digest=digests)
         params["origin"] = self.origin
         if keyed:
             results = await self._submit_keyed(jobs, insert, ids, digests, params, full=full)
@@ -255,12 +279,17 @@ class Store:
         """A batch with idempotency keys: insert what is new, then look up the jobs whose
         key was taken, all in one transaction."""
         async with self._transaction() as conn:
+            # The notification of the inserted rows' queues goes out at commit, not at all
+            # when a conflicting key rolls the batch back.
             inserted: dict[UUID, Job | None] = (
-                {row["id"]: Job.from_row(row) for row in await self._rows(conn, insert, params)}
+                {
+                    row["id"]: Job.from_row(row)
+                    for row in await self._rows(conn, insert + "_notify", params)
+                }
                 if full
                 else {
                     row["id"]: None
-                    for row in await self._rows(conn, insert + "_returning_id", params)
+                    for row in await self._rows(conn, insert + "_notify_returning_id", params)
                 }
             )
             # Rows whose key was taken (by an older job or earlier in this batch).
@@ -295,13 +324,6 @@ class Store:
                         f"for a different job ({found.id})"
                     )
                 results.append(Submitted(job_id=found.id, job=found, created=False))
-            if inserted:
-                queues = sorted(
-                    {jobs[i].queue for i, job_id in enumerate(ids) if job_id in inserted}
-                )
-                await conn.execute(
-                    QUERIES["notify_submitted"], {"queues": queues, "origin": self.origin}
-                )
         return results
 
     async def get(self, job_id: UUID, *, with_attempts: bool = True) -> Job:
@@ -615,31 +637,6 @@ def _new_ids(count: int) -> list[UUID]:
 
 def _count_submitted(jobs: Iterable[NewJob]) -> None:
     metrics.count(metrics.JOBS_SUBMITTED, ((job.queue, job.type) for job in jobs))
-
-
-def _insert_params(job: NewJob, job_id: UUID, digest: bytes | None) -> dict[str, Any]:
-    """The columns of one job for insert_job; insert_jobs takes them as arrays."""
-    return {
-        "id": job_id,
-        "queue": job.queue,
-        "type": job.type,
-        "tenant": job.tenant,
-        "payload": job.payload,
-        "payload_type": job.payload_type,
-        "priority": job.priority,
-        "run_at": job.run_at,
-        "max_attempts": job.max_attempts,
-        "backoff_initial": job.backoff.initial,
-        "backoff_max": job.backoff.max,
-        "backoff_multiplier": job.backoff.multiplier,
-        "backoff_jitter": job.backoff.jitter,
-        "lease_timeout": job.lease_timeout,
-        "execution_timeout": job.execution_timeout,
-        "idempotency_key": job.idempotency_key,
-        "spec_digest": digest,
-        "labels": Jsonb(dict(job.labels)),
-        "trace_id": job.trace_id,
-    }
 
 
 def _refusal(row: dict[str, Any], same_outcome: set[Outcome]) -> Refusal:
