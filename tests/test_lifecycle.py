@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import time
+import uuid
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -128,6 +129,33 @@ def test_submit_ids_only(scheduler: SchedulerThread) -> None:
     assert results[0].job.id == results[1].job.id
     stored = stub.Get(jobs_pb2.GetRequest(id=results[5].job.id)).job
     assert stored.spec.type == "echo" and stored.state == job_pb2.JOB_STATE_PENDING
+
+
+def test_job_ids_are_time_ordered_uuid7(scheduler: SchedulerThread) -> None:
+    """Every path that makes a job (one job, a batch, a big ids-only batch, a retry) gives
+    it a version 7 UUID stamped with the millisecond it was submitted in."""
+    stub = scheduler.jobs()
+    spec = job_pb2.JobSpec(queue="ids", type="echo")
+    made: list[str] = []
+    before = time.time_ns() // 1_000_000
+    made.append(submit(scheduler, queue="ids").id)
+    time.sleep(0.002)
+    made += [r.job.id for r in stub.Submit(jobs_pb2.SubmitRequest(jobs=[spec] * 3)).results]
+    time.sleep(0.002)
+    request = jobs_pb2.SubmitRequest(jobs=[spec] * 200, ids_only=True)
+    made += [r.job.id for r in stub.Submit(request).results]
+    time.sleep(0.002)
+    stub.Cancel(jobs_pb2.CancelRequest(id=made[0]))
+    made.append(stub.Retry(jobs_pb2.RetryRequest(id=made[0])).job.id)
+    after = time.time_ns() // 1_000_000
+
+    ids = [uuid.UUID(i) for i in made]
+    assert {(i.version, i.variant) for i in ids} == {(7, uuid.RFC_4122)}
+    assert len(set(ids)) == len(ids)
+    millis = [i.int >> 80 for i in ids]
+    assert before <= millis[0] and millis[-1] <= after
+    # Calls apart in time get increasing ids; one call's jobs share its millisecond.
+    assert millis[0] < millis[1] == millis[3] < millis[4] == millis[203] < millis[-1]
 
 
 def test_a_big_ids_only_batch_stores_what_single_submits_store(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from .errors import (
     SchedulerError,
     Unavailable,
 )
+from .ids import new_id, new_ids
 from .model import (
     Ack,
     Attempt,
@@ -202,7 +202,7 @@ class Store:
 
         With `full=False` new jobs come back as ids only (`Submitted.job` is None).
         """
-        ids = _new_ids(len(jobs))
+        ids = new_ids(len(jobs))
         keyed = any(job.idempotency_key for job in jobs)
         if not full and not keyed and len(jobs) >= COPY_FROM:
             await self._copy_in(jobs, ids)
@@ -370,7 +370,7 @@ class Store:
 
     async def retry(self, job_id: UUID) -> Job:
         async with self._transaction() as conn:
-            rows = await self._rows(conn, "retry_job", {"id": job_id, "new_id": uuid.uuid4()})
+            rows = await self._rows(conn, "retry_job", {"id": job_id, "new_id": new_id()})
             if rows:
                 job = Job.from_row(rows[0])
                 await conn.execute(
@@ -626,13 +626,6 @@ class _LabelsDumper(JsonbBinaryDumper):
 
     def dump(self, obj: Any) -> Buffer | None:
         return b"\x01{}" if not obj else super().dump(obj)
-
-
-def _new_ids(count: int) -> list[UUID]:
-    """Random (version 4) ids from one read of the system's random source, a quarter
-    cheaper per id than uuid4() for the big batches."""
-    raw = os.urandom(16 * count)
-    return [UUID(bytes=raw[i : i + 16], version=4) for i in range(0, 16 * count, 16)]
 
 
 def _count_submitted(jobs: Iterable[NewJob]) -> None:
