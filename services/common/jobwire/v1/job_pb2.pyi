@@ -377,7 +377,9 @@ class Job(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     LEASE_DEADLINE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """UUID, assigned by the scheduler."""
+    """UUID assigned by the scheduler: version 7, whose first 48 bits are the millisecond
+    the job was submitted in, so ids sort roughly by submission time.
+    """
     tenant: _builtins.str
     """Tenant that owns the job (from the caller's credentials; empty when
     authentication is off).
