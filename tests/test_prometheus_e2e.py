@@ -227,7 +227,6 @@ def _check(prometheus: Prometheus, fleet: dict[str, Any], ports: dict[str, int])
             ("ready",): 0.0,
             ("scheduled",): 0.0,
             ("running",): 0.0,
-            ("succeeded",): 5.0,
             ("failed",): 1.0,
             ("cancelled",): 0.0,
         },

@@ -192,12 +192,17 @@ def test_guard_only_fires_on_a_broken_rule(conn: psycopg.Connection[tuple[object
     assert stamps == (True,)
 
 
-def _generic_plan(conn: psycopg.Connection[tuple[object, ...]], statement: str) -> str:
-    """The plan PostgreSQL caches for a prepared statement, its parameters unknown."""
+def _numbered(statement: str) -> tuple[str, list[str]]:
+    """The statement with $1, $2... for its named parameters, and their names in order."""
     names = list(dict.fromkeys(re.findall(r"%\((\w+)\)[bs]", statement)))
     for number, name in enumerate(names, 1):
         statement = re.sub(rf"%\({name}\)[bs]", f"${number}", statement)
-    rows = conn.execute(f"EXPLAIN (GENERIC_PLAN) {statement}").fetchall()
+    return statement, names
+
+
+def _generic_plan(conn: psycopg.Connection[tuple[object, ...]], statement: str) -> str:
+    """The plan PostgreSQL caches for a prepared statement, its parameters unknown."""
+    rows = conn.execute(f"EXPLAIN (GENERIC_PLAN) {_numbered(statement)[0]}").fetchall()
     return "\n".join(str(row[0]) for row in rows)
 
 
@@ -229,3 +234,34 @@ def test_lease_lookups_stay_on_the_primary_key_when_nothing_ran(
         assert "Seq Scan on jobwire_jobs" not in plan, (name, plan)
     plan = _generic_plan(conn, end_attempt)
     assert "Index Scan using jobwire_jobs_pkey" in plan, plan
+
+
+def test_the_metrics_reading_skips_succeeded_jobs(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """Every replica reads the queue depths every few seconds; the succeeded jobs that
+    retention keeps are most of the table and must not be read for it."""
+    conn.execute(
+        """INSERT INTO jobwire_jobs (id, queue, type, payload, run_at, max_attempts,
+               backoff_initial, backoff_max, backoff_multiplier, backoff_jitter, lease_timeout,
+               state, attempt, started_at, finished_at, result)
+           SELECT gen_random_uuid(), 'q', 't', '{}', now(), 3, '1s', '1min', 2, 0, '30s',
+                  'SUCCEEDED', 1, now(), now(), '{}'
+           FROM generate_series(1, 20000)"""
+    )
+    conn.execute("ANALYZE jobwire_jobs")
+    # The plan a prepared statement may end up with, its parameters unknown when planned.
+    statement, names = _numbered(QUERIES["queue_stats"])
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute(f"PREPARE reading AS {statement}")
+    values = {"queue": "NULL", "with_succeeded": "false"}
+    rows = conn.execute(
+        f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE reading({', '.join(values[n] for n in names)})"
+    ).fetchall()
+    plan = "\n".join(str(row[0]) for row in rows)
+    reads = [line for line in plan.splitlines() if " on jobwire_jobs" in line]
+    assert reads and all(
+        "Index" in line or "never executed" in line for line in reads
+    ), plan
+    total = re.search(r"Buffers: shared hit=(\d+)", plan)
+    assert total and int(total[1]) < 20, plan  # the table itself is over 200 pages

@@ -304,7 +304,7 @@ class Scheduler:
         the number of scrapes."""
         while True:
             try:
-                metrics.QUEUES.update(await self.store.stats(None))
+                metrics.QUEUES.update(await self.store.stats(None, with_succeeded=False))
             except SchedulerError as exc:
                 log.warning("queue statistics paused: %s", exc)
             await asyncio.sleep(self.settings.stats_interval)

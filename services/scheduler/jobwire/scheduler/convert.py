@@ -156,7 +156,7 @@ def queue_stats(value: QueueStats, connected_workers: int) -> jobs_pb2.QueueStat
         ready=value.ready,
         scheduled=value.scheduled,
         running=value.running,
-        succeeded=value.succeeded,
+        succeeded=value.succeeded or 0,
         failed=value.failed,
         cancelled=value.cancelled,
         oldest_ready_age=duration(value.oldest_ready_age),

@@ -223,7 +223,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self, request: jobs_pb2.StatsRequest, context: Context
     ) -> jobs_pb2.StatsResponse:
         queue = validation.name(request.queue, "queue") if request.queue else None
-        stats = {s.queue: s for s in await self._store.stats(queue)}
+        stats = {s.queue: s for s in await self._store.stats(queue, with_succeeded=True)}
         workers = self._dispatcher.workers_by_queue()
         # Queues that workers wait on but that have no jobs yet are shown too.
         for name in workers.keys() - stats.keys():

@@ -130,8 +130,10 @@ class GaugeSpec:
 QUEUE_JOBS = GaugeSpec(
     "jobwire_queue_jobs",
     "Jobs per queue and state (ready: pending and due; scheduled: pending with run_at in "
-    "the future), as of the scheduler's last reading; every replica reports the same: "
-    "take the max over replicas.",
+    "the future; running; failed, the dead-letter queue; cancelled), as of the "
+    "scheduler's last reading; every replica reports the same: take the max over "
+    "replicas. Succeeded jobs are not counted, which would read most of the table: "
+    "jobwire_jobs_settled_total counts them as they finish.",
     ("queue", "state"),
 )
 OLDEST_READY_AGE = GaugeSpec(
@@ -161,7 +163,7 @@ class QueueSnapshot(Collector):
     """`jobwire_queue_jobs` and `jobwire_queue_oldest_ready_age_seconds` from the latest
     statistics a scheduler read."""
 
-    _STATES = ("ready", "scheduled", "running", "succeeded", "failed", "cancelled")
+    _STATES = ("ready", "scheduled", "running", "failed", "cancelled")
 
     def __init__(self) -> None:
         self._stats: Sequence[QueueStats] = ()

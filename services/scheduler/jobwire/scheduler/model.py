@@ -276,7 +276,7 @@ class QueueStats:
     ready: int
     scheduled: int
     running: int
-    succeeded: int
+    succeeded: int | None  # None: not counted (it means reading most of the table)
     failed: int
     cancelled: int
     oldest_ready_age: timedelta

@@ -388,16 +388,19 @@ class Store:
             f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried"
         )
 
-    async def stats(self, queue: str | None) -> list[QueueStats]:
+    async def stats(self, queue: str | None, *, with_succeeded: bool) -> list[QueueStats]:
+        """Job counts per queue (one queue, or all with any job). Succeeded jobs are
+        counted only `with_succeeded`, which reads every one that retention keeps."""
+        params = {"queue": queue, "with_succeeded": with_succeeded}
         async with self._conn() as conn:
-            rows = await self._rows(conn, "queue_stats", {"queue": queue})
+            rows = await self._rows(conn, "queue_stats", params)
         return [
             QueueStats(
                 queue=r["queue"],
                 ready=r["ready"],
                 scheduled=r["scheduled"],
                 running=r["running"],
-                succeeded=r["succeeded"],
+                succeeded=r["succeeded"] if with_succeeded else None,
                 failed=r["failed"],
                 cancelled=r["cancelled"],
                 oldest_ready_age=timedelta(seconds=float(r["oldest_ready_seconds"] or 0)),
