@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobwire.ops.http import OpsServer, loop_responds
+from jobwire.ops.memory import freeze_startup_objects
 from jobwire.v1 import jobs_pb2, jobs_pb2_grpc, leases_pb2, leases_pb2_grpc
 
 from . import metrics, migrate
@@ -318,6 +319,7 @@ async def serve(settings: Settings) -> None:
     except BaseException:
         await scheduler.stop(grace=0)
         raise
+    freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

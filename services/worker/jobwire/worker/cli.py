@@ -14,6 +14,7 @@ from typing import Any
 from jobwire.cli.options import add_target, env_flag, non_negative_int, positive_int, seconds
 from jobwire.ops.http import OpsServer, loop_responds
 from jobwire.ops.logs import configure as configure_logs
+from jobwire.ops.memory import freeze_startup_objects
 from jobwire.ops.options import add_http_flags
 
 from .builtins import register_builtins
@@ -187,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         ops.start()
         log.info("metrics and probes on http://%s:%d", args.http_host, ops.port)
+    freeze_startup_objects()
     try:
         worker.run_forever()
     finally:
