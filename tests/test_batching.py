@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from jobwire.scheduler.batching import GroupCommit
+from jobwire.scheduler.batching import GroupCommit, flatten, regroup
 
 
 class Recorder:
@@ -76,6 +76,31 @@ def test_a_failed_batch_fails_its_own_callers_only() -> None:
             with pytest.raises(ValueError, match="refused"):
                 await task
         assert await commit.submit(3) == 30
+        await commit.close()
+
+    asyncio.run(main())
+
+
+def test_items_standing_for_several_rows_fill_batches_by_rows() -> None:
+    """An item per request, each of several rows: a batch holds up to max_batch rows, and
+    an item bigger than that goes alone rather than waiting forever."""
+
+    async def main() -> None:
+        seen: list[list[list[int]]] = []
+
+        async def write(groups: Sequence[list[int]]) -> list[list[int]]:
+            seen.append(list(groups))
+            await asyncio.sleep(0.01)
+            rows = flatten(groups)
+            return regroup(groups, [row * 10 for row in rows])
+
+        commit = GroupCommit(write, max_batch=4, size=len)
+        first = asyncio.ensure_future(commit.submit([0]))
+        await asyncio.sleep(0)  # the first is being written now
+        rest = [asyncio.ensure_future(commit.submit(g)) for g in ([1, 2], [3, 4], [5], [6] * 9)]
+        assert await first == [0]
+        assert await asyncio.gather(*rest) == [[10, 20], [30, 40], [50], [60] * 9]
+        assert seen == [[[0]], [[1, 2], [3, 4]], [[5]], [[6] * 9]]
         await commit.close()
 
     asyncio.run(main())

@@ -70,7 +70,7 @@ def test_submit_lease_extend_ack_get(scheduler: SchedulerThread) -> None:
 
 def test_batched_stream_messages(scheduler: SchedulerThread) -> None:
     """A worker that sets Hello.batches gets jobs and answers packed, and may pack its
-    outcomes and credit into one SettleBatch."""
+    outcomes and credit into one SettleBatch, each outcome answered on its own."""
     ids = [
         r.job.id
         for r in scheduler.jobs()
@@ -92,26 +92,47 @@ def test_batched_stream_messages(scheduler: SchedulerThread) -> None:
         assert message.WhichOneof("kind") == "jobs"
         leased.extend(message.jobs.jobs)
     assert sorted(j.job.id for j in leased) == sorted(ids)
+    *acked, nacked = leased
+    stale = str(uuid.uuid4())
     requests.put(
         leases_pb2.LeaseRequest(
             batch=leases_pb2.SettleBatch(
                 acks=[
-                    leases_pb2.AckItem(job_id=j.job.id, lease_token=j.lease_token) for j in leased
+                    *(
+                        leases_pb2.AckItem(job_id=j.job.id, lease_token=j.lease_token)
+                        for j in acked
+                    ),
+                    leases_pb2.AckItem(job_id="not-an-id", lease_token=stale),
+                    leases_pb2.AckItem(job_id=nacked.job.id, lease_token=stale),
+                ],
+                nacks=[
+                    leases_pb2.NackItem(
+                        job_id=nacked.job.id,
+                        lease_token=nacked.lease_token,
+                        error=job_pb2.JobError(message="no"),
+                        retryable=False,
+                    )
                 ],
                 credits=5,
             )
         )
     )
-    answered: list[leases_pb2.SettleResult] = []
-    while len(answered) < 5:
+    answered: dict[tuple[int, str, str], int] = {}
+    while len(answered) < 7:
         message = next(responses)
         assert message.WhichOneof("kind") == "results"
-        answered.extend(message.results.results)
-    assert {r.code for r in answered} == {0}
+        for r in message.results.results:
+            answered[(r.kind, r.job_id, r.lease_token)] = r.code
+    ack, nack = leases_pb2.SETTLE_KIND_ACK, leases_pb2.SETTLE_KIND_NACK
+    assert answered == {
+        **{(ack, j.job.id, j.lease_token): 0 for j in acked},
+        (ack, "not-an-id", stale): grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        (ack, nacked.job.id, stale): grpc.StatusCode.INVALID_ARGUMENT.value[0],  # never issued
+        (nack, nacked.job.id, nacked.lease_token): 0,
+    }
     requests.put(None)
-    for job_id in ids:
-        job = scheduler.jobs().Get(jobs_pb2.GetRequest(id=job_id)).job
-        assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    states = [scheduler.jobs().Get(jobs_pb2.GetRequest(id=j.job.id)).job.state for j in leased]
+    assert states == [job_pb2.JOB_STATE_SUCCEEDED] * 4 + [job_pb2.JOB_STATE_FAILED]
 
 
 def test_submit_ids_only(scheduler: SchedulerThread) -> None:

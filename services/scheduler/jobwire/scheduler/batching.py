@@ -17,11 +17,15 @@ log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class GroupCommit(Generic[Item, Result]):
     """Feeds queued items to `write` in batches of at most `max_batch`, one batch at a time.
 
+    An item may stand for several rows (a caller's whole request): `size` tells how many,
+    and a batch holds items up to `max_batch` rows, or one item that is bigger alone.
     `write` returns one result per item, in order. If it raises, every item of that batch
     gets the exception.
     """
@@ -31,10 +35,12 @@ class GroupCommit(Generic[Item, Result]):
         write: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
         *,
         max_batch: int = 1000,
+        size: Callable[[Item], int] = lambda _: 1,
         name: str = "batch",
     ) -> None:
         self._write = write
         self._max_batch = max_batch
+        self._size = size
         self._name = name
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
         self._wake = asyncio.Event()
@@ -53,8 +59,7 @@ class GroupCommit(Generic[Item, Result]):
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
+                batch = self._next_batch()
                 items = [item for item, _ in batch]
                 try:
                     results = await self._write(items)
@@ -71,6 +76,17 @@ class GroupCommit(Generic[Item, Result]):
                     if not future.done():
                         future.set_result(result)
 
+    def _next_batch(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        taken, rows = 1, self._size(self._queue[0][0])
+        while taken < len(self._queue):
+            rows += self._size(self._queue[taken][0])
+            if rows > self._max_batch:
+                break
+            taken += 1
+        batch = self._queue[:taken]
+        del self._queue[:taken]
+        return batch
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -79,3 +95,17 @@ class GroupCommit(Generic[Item, Result]):
         for _, future in self._queue:
             future.cancel()
         self._queue.clear()
+
+
+def flatten(groups: Sequence[Sequence[T]]) -> list[T]:
+    """The rows of a batch of items that each stand for several."""
+    return [row for group in groups for row in group]
+
+
+def regroup(groups: Sequence[Sequence[T]], results: Sequence[R]) -> list[list[R]]:
+    """Per-row results of `flatten(groups)`, cut back into one list per group."""
+    cut, start = [], 0
+    for group in groups:
+        cut.append(list(results[start : start + len(group)]))
+        start += len(group)
+    return cut

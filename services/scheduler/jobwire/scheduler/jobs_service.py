@@ -13,7 +13,7 @@ import grpc
 from jobwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 from . import convert, validation
-from .batching import GroupCommit
+from .batching import GroupCommit, flatten, regroup
 from .dispatch import Dispatcher, JobChanges
 from .errors import InvalidArgument, SchedulerError
 from .model import Job, ListFilter, NewJob, QueueStats, State, Submitted
@@ -125,16 +125,11 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         back whole rather than as ids)."""
         # Without idempotency keys nothing in a merged batch can conflict with anything
         # else, so one caller's jobs never fail because of another's.
-        stored = await self._store.submit(
-            [job for jobs, _ in requests for job in jobs], full=any(full for _, full in requests)
-        )
+        groups = [jobs for jobs, _ in requests]
+        stored = await self._store.submit(flatten(groups), full=any(full for _, full in requests))
         # From here rather than from each caller: the dispatcher claims a loop turn sooner.
         self._dispatcher.wake()
-        answers, start = [], 0
-        for jobs, _ in requests:
-            answers.append(stored[start : start + len(jobs)])
-            start += len(jobs)
-        return answers
+        return regroup(groups, stored)
 
     async def close(self) -> None:
         await self._small_submits.close()

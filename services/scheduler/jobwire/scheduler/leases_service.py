@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from jobwire.v1 import leases_pb2, leases_pb2_grpc
 
 from . import convert, model, validation
-from .batching import GroupCommit
+from .batching import GroupCommit, flatten, regroup
 from .dispatch import Dispatcher, JobChanges, Session
 from .errors import FailedPrecondition, InvalidArgument, SchedulerError
 from .model import Extension
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_CREDIT = 10_000
+ItemT = TypeVar("ItemT", leases_pb2.AckItem, leases_pb2.NackItem)
+OutcomeT = TypeVar("OutcomeT", model.Ack, model.Nack)
 _OK = grpc.StatusCode.OK.value[0]
 
 
@@ -68,8 +70,9 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         self._stream_grace = stream_grace
         self.stopping = False
         self._cleanups: set[asyncio.Task[None]] = set()
-        self._acks = GroupCommit(self._write_acks, name="acks")
-        self._nacks = GroupCommit(self._write_nacks, name="nacks")
+        # One entry per stream message, which holds up to MAX_BATCH outcomes.
+        self._acks = GroupCommit(self._write_acks, size=len, name="acks")
+        self._nacks = GroupCommit(self._write_nacks, size=len, name="nacks")
         self._extensions = GroupCommit(self._write_extensions, name="extensions")
 
     # -- the stream -----------------------------------------------------------------------
@@ -156,56 +159,98 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             session.draining = True
             session.credit = 0
         elif kind == "ack":
-            self._settle(session, leases_pb2.SETTLE_KIND_ACK, message.ack)
+            self._settle_acks(session, [message.ack])
         elif kind == "nack":
-            self._settle(session, leases_pb2.SETTLE_KIND_NACK, message.nack)
+            self._settle_nacks(session, [message.nack])
         elif kind == "extend":
             for i, item in enumerate(message.extend.items[: validation.MAX_BATCH]):
                 self._extend(session, item, f"extend.items[{i}]")
         elif kind == "batch":
             batch = message.batch
-            for ack in batch.acks[: validation.MAX_BATCH]:
-                self._settle(session, leases_pb2.SETTLE_KIND_ACK, ack)
-            for nack in batch.nacks[: validation.MAX_BATCH]:
-                self._settle(session, leases_pb2.SETTLE_KIND_NACK, nack)
+            if batch.acks:
+                self._settle_acks(session, batch.acks[: validation.MAX_BATCH])
+            if batch.nacks:
+                self._settle_nacks(session, batch.nacks[: validation.MAX_BATCH])
             if 1 <= batch.credits <= MAX_CREDIT and not session.draining:
                 session.credit = min(session.credit + batch.credits, MAX_CREDIT)
                 self._dispatcher.credit_returned()
         # A second hello or an unknown kind is ignored: newer workers may send more.
 
-    def _settle(
-        self, session: Session, kind: int, item: leases_pb2.AckItem | leases_pb2.NackItem
-    ) -> None:
-        result = leases_pb2.SettleResult(
-            kind=kind,  # type: ignore[arg-type]
-            job_id=item.job_id,
-            lease_token=item.lease_token,
+    def _settle_acks(self, session: Session, items: Sequence[leases_pb2.AckItem]) -> None:
+        parsed, results = self._parse(
+            session,
+            leases_pb2.SETTLE_KIND_ACK,
+            items,
+            lambda item: validation.ack(item, "ack", self._limits),
         )
-        parsed: model.Ack | model.Nack
-        future: asyncio.Future[Exception | None]
-        try:
-            if isinstance(item, leases_pb2.AckItem):
-                parsed = validation.ack(item, "ack", self._limits)
-                future = self._acks.submit(parsed)
-            else:
-                parsed = validation.nack(item, "nack", self._limits)
-                future = self._nacks.submit(parsed)
-        except SchedulerError as exc:
-            session.send(_answer(result, exc))
-            return
+        if parsed:
+            self._settle(session, self._acks.submit(parsed), parsed, results, nacks=False)
 
-        def settled(done: asyncio.Future[Exception | None]) -> None:
+    def _settle_nacks(self, session: Session, items: Sequence[leases_pb2.NackItem]) -> None:
+        parsed, results = self._parse(
+            session,
+            leases_pb2.SETTLE_KIND_NACK,
+            items,
+            lambda item: validation.nack(item, "nack", self._limits),
+        )
+        if parsed:
+            self._settle(session, self._nacks.submit(parsed), parsed, results, nacks=True)
+
+    def _parse(
+        self,
+        session: Session,
+        kind: int,
+        items: Sequence[ItemT],
+        parse: Callable[[ItemT], OutcomeT],
+    ) -> tuple[list[OutcomeT], list[leases_pb2.SettleResult]]:
+        """One message's outcomes of one kind: the valid ones, and the results still to
+        answer for them, in the same order. Invalid ones are answered at once."""
+        parsed: list[OutcomeT] = []
+        pending: list[leases_pb2.SettleResult] = []
+        refused: list[leases_pb2.SettleResult] = []
+        for item in items:
+            result = leases_pb2.SettleResult(
+                kind=kind,  # type: ignore[arg-type]
+                job_id=item.job_id,
+                lease_token=item.lease_token,
+            )
+            try:
+                parsed.append(parse(item))
+            except SchedulerError as exc:
+                refused.append(_answered(result, exc))
+            else:
+                pending.append(result)
+        if refused:
+            _send_results(session, refused)
+        return parsed, pending
+
+    def _settle(
+        self,
+        session: Session,
+        written: asyncio.Future[list[Exception | None]],
+        parsed: Sequence[model.Ack | model.Nack],
+        results: list[leases_pb2.SettleResult],
+        *,
+        nacks: bool,
+    ) -> None:
+        """Answers a message's outcomes of one kind in one message once group commit has
+        written them, rather than one future, callback and message per outcome."""
+
+        def settled(done: asyncio.Future[list[Exception | None]]) -> None:
             if done.cancelled():
                 return
-            error = done.exception() or done.result()
-            self._dispatcher.release(parsed.job_id, parsed.lease_token)
-            self._changes.changed(parsed.job_id)
-            if isinstance(parsed, model.Nack) and error is None:
-                self._dispatcher.wake()  # the job may be ready again
-            session.send(_answer(result, error))
+            failure = done.exception()
+            errors = [failure] * len(parsed) if failure else done.result()
+            for outcome, result, error in zip(parsed, results, errors, strict=True):
+                self._dispatcher.release(outcome.job_id, outcome.lease_token)
+                self._changes.changed(outcome.job_id)
+                _answered(result, error)
+            if nacks and None in errors:
+                self._dispatcher.wake()  # a job may be ready again
+            _send_results(session, results)
 
-        session.track(future)
-        future.add_done_callback(settled)
+        session.track(written)
+        written.add_done_callback(settled)
 
     def _extend(self, session: Session, item: leases_pb2.ExtendItem, where: str) -> None:
         result = leases_pb2.SettleResult(
@@ -236,13 +281,17 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
 
     # -- group commit ---------------------------------------------------------------------
 
-    async def _write_acks(self, items: Sequence[model.Ack]) -> list[Exception | None]:
-        refusals = await self._store.ack(items, atomic=False)
-        return _per_item(items, refusals)
+    async def _write_acks(
+        self, messages: Sequence[list[model.Ack]]
+    ) -> list[list[Exception | None]]:
+        items = flatten(messages)
+        return regroup(messages, _per_item(items, await self._store.ack(items, atomic=False)))
 
-    async def _write_nacks(self, items: Sequence[model.Nack]) -> list[Exception | None]:
-        refusals = await self._store.nack(items, atomic=False)
-        return _per_item(items, refusals)
+    async def _write_nacks(
+        self, messages: Sequence[list[model.Nack]]
+    ) -> list[list[Exception | None]]:
+        items = flatten(messages)
+        return regroup(messages, _per_item(items, await self._store.nack(items, atomic=False)))
 
     async def _write_extensions(
         self, items: Sequence[Extension]
@@ -353,9 +402,10 @@ def _per_item(
     return [errors.get((item.job_id, item.lease_token)) for item in items]
 
 
-def _answer(
+def _answered(
     result: leases_pb2.SettleResult, error: BaseException | None
-) -> leases_pb2.LeaseResponse:
+) -> leases_pb2.SettleResult:
+    """`result` with the code and message of `error` (None: done)."""
     if error is None:
         result.code = _OK
     elif isinstance(error, SchedulerError):
@@ -365,4 +415,19 @@ def _answer(
         log.error("settling %s failed: %r", result.job_id, error)
         result.code = grpc.StatusCode.INTERNAL.value[0]
         result.message = "internal error"
-    return leases_pb2.LeaseResponse(result=result)
+    return result
+
+
+def _answer(
+    result: leases_pb2.SettleResult, error: BaseException | None
+) -> leases_pb2.LeaseResponse:
+    return leases_pb2.LeaseResponse(result=_answered(result, error))
+
+
+def _send_results(session: Session, results: list[leases_pb2.SettleResult]) -> None:
+    """Several answers in one message to a worker that reads them so, else one each."""
+    if session.batches:
+        session.send(leases_pb2.LeaseResponse(results=leases_pb2.SettleResults(results=results)))
+    else:
+        for result in results:
+            session.send(leases_pb2.LeaseResponse(result=result))
