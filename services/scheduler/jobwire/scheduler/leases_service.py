@@ -177,7 +177,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         # A second hello or an unknown kind is ignored: newer workers may send more.
 
     def _settle_acks(self, session: Session, items: Sequence[leases_pb2.AckItem]) -> None:
-        parsed, results = self._parse(
+        parsed, results = _parse(
             session,
             leases_pb2.SETTLE_KIND_ACK,
             items,
@@ -187,7 +187,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             self._settle(session, self._acks.submit(parsed), parsed, results, nacks=False)
 
     def _settle_nacks(self, session: Session, items: Sequence[leases_pb2.NackItem]) -> None:
-        parsed, results = self._parse(
+        parsed, results = _parse(
             session,
             leases_pb2.SETTLE_KIND_NACK,
             items,
@@ -195,34 +195,6 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         )
         if parsed:
             self._settle(session, self._nacks.submit(parsed), parsed, results, nacks=True)
-
-    def _parse(
-        self,
-        session: Session,
-        kind: int,
-        items: Sequence[ItemT],
-        parse: Callable[[ItemT], OutcomeT],
-    ) -> tuple[list[OutcomeT], list[leases_pb2.SettleResult]]:
-        """One message's outcomes of one kind: the valid ones, and the results still to
-        answer for them, in the same order. Invalid ones are answered at once."""
-        parsed: list[OutcomeT] = []
-        pending: list[leases_pb2.SettleResult] = []
-        refused: list[leases_pb2.SettleResult] = []
-        for item in items:
-            result = leases_pb2.SettleResult(
-                kind=kind,  # type: ignore[arg-type]
-                job_id=item.job_id,
-                lease_token=item.lease_token,
-            )
-            try:
-                parsed.append(parse(item))
-            except SchedulerError as exc:
-                refused.append(_answered(result, exc))
-            else:
-                pending.append(result)
-        if refused:
-            _send_results(session, refused)
-        return parsed, pending
 
     def _settle(
         self,
@@ -392,6 +364,34 @@ def _merge(first: leases_pb2.LeaseResponse, session: Session) -> list[leases_pb2
             break
     flush()
     return merged
+
+
+def _parse(
+    session: Session,
+    kind: int,
+    items: Sequence[ItemT],
+    parse: Callable[[ItemT], OutcomeT],
+) -> tuple[list[OutcomeT], list[leases_pb2.SettleResult]]:
+    """One message's outcomes of one kind: the valid ones, and the results still to
+    answer for them, in the same order. Invalid ones are answered at once."""
+    parsed: list[OutcomeT] = []
+    pending: list[leases_pb2.SettleResult] = []
+    refused: list[leases_pb2.SettleResult] = []
+    for item in items:
+        result = leases_pb2.SettleResult(
+            kind=kind,  # type: ignore[arg-type]
+            job_id=item.job_id,
+            lease_token=item.lease_token,
+        )
+        try:
+            parsed.append(parse(item))
+        except SchedulerError as exc:
+            refused.append(_answered(result, exc))
+        else:
+            pending.append(result)
+    if refused:
+        _send_results(session, refused)
+    return parsed, pending
 
 
 def _per_item(
