@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -339,8 +340,11 @@ def test_prefetched_jobs_wait_for_a_slot_with_their_leases_held(
 
 
 def test_a_cancelled_prefetched_job_never_starts_and_a_drain_hands_back_the_rest(
-    producer: Producer, start_worker: Callable[..., WorkerThread]
+    producer: Producer,
+    start_worker: Callable[..., WorkerThread],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     gate = threading.Event()
     started: list[int] = []
 
@@ -368,6 +372,15 @@ def test_a_cancelled_prefetched_job_never_starts_and_a_drain_hands_back_the_rest
     stopper.join(30)
     assert producer.wait_state(ids[0], SUCCEEDED).attempt == 1
     assert started == [0]
+    # The two that never ran are logged as such, and never as started.
+    said = {
+        job_id: [r.getMessage() for r in caplog.records if getattr(r, "job_id", None) == job_id]
+        for job_id in ids
+    }
+    assert said[ids[0]][0] == "started" and said[ids[0]][-1].startswith("succeeded in")
+    assert "started" not in said[ids[1]] + said[ids[2]]
+    assert said[ids[1]][-1].startswith("cancelled before it started (cancelled, final)")
+    assert said[ids[2]][-1] == "handed back before it started"
 
 
 def test_leases_are_extended_while_a_handler_runs(

@@ -192,10 +192,9 @@ class Engine:
             )
             self._grant_credit()  # the slot this job would have used is still free
             return
-        for other in self._held.values():  # _stop never adds or removes a lease
-            if other.job_id == job.id:
-                # Leased again under a new token: the old attempt cannot settle any more.
-                self._stop(other, StopReason.LOST, "job leased again")
+        for other in [ex for ex in self._held.values() if ex.job_id == job.id]:
+            # Leased again under a new token: the old attempt cannot settle any more.
+            self._stop(other, StopReason.LOST, "job leased again")
         execution = Execution(leased, spec, worker_id=self.settings.worker_id, pool=self._pool)
         self._held[token] = execution
         self._held_empty.clear()
@@ -216,14 +215,21 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     def _stop(self, execution: Execution, reason: StopReason, detail: str) -> bool:
-        """Stops an attempt, running or prefetched; a prefetched one is launched at once,
-        so that its outcome (handed back, cancelled, dropped) is decided without a slot."""
+        """Stops an attempt, running or prefetched. A prefetched one never started: its
+        outcome (handed back, cancelled, dropped) is decided and logged here, without
+        taking a slot, decoding its payload or counting a handler run. Returns whether a
+        running handler is being stopped, which the caller logs with its reason."""
         if not execution.stop(reason, detail):
             return False
         if execution in self._waiting:
             self._waiting.remove(execution)
             metrics.WAITING.dec()
-            self._launch(execution)
+            self._forget(execution)
+            outcome = execution.stopped_outcome()
+            self._finish(execution, outcome, elapsed=None)
+            if not self._draining and not self._closing:
+                self._grant_credit()  # the room it held is free again
+            return False
         return True
 
     def _start_waiting(self) -> None:
@@ -304,11 +310,7 @@ class Engine:
             self._forget(execution)
             elapsed = loop.time() - started
             metrics.HANDLER_SECONDS.labels(type=execution.job_type).observe(elapsed)
-            label = outcome.label if outcome is not None else "lost"
-            metrics.JOBS.labels(type=execution.job_type, outcome=label).inc()
-            _log_outcome(execution, outcome, elapsed)
-            if outcome is not None:
-                self._report(outcome)
+            self._finish(execution, outcome, elapsed=elapsed)
             await execution.finished()
         finally:
             self._forget(execution)
@@ -317,6 +319,17 @@ class Engine:
             if not self._draining and not self._closing:
                 self._start_waiting()
                 self._grant_credit()
+
+    def _finish(
+        self, execution: Execution, outcome: Outcome | None, *, elapsed: float | None
+    ) -> None:
+        """Counts, logs and reports an attempt's outcome (None: its lease was lost);
+        `elapsed` is the handler's run time, None if it never started."""
+        label = outcome.label if outcome is not None else "lost"
+        metrics.JOBS.labels(type=execution.job_type, outcome=label).inc()
+        _log_outcome(execution, outcome, elapsed)
+        if outcome is not None:
+            self._report(outcome)
 
     def _forget(self, execution: Execution) -> None:
         if self._held.get(execution.lease_token) is execution:
@@ -421,22 +434,23 @@ class Engine:
             )
 
 
-def _log_outcome(execution: Execution, outcome: Outcome | None, elapsed: float) -> None:
+def _log_outcome(execution: Execution, outcome: Outcome | None, elapsed: float | None) -> None:
     logger = execution.ctx.logger
+    when = "before it started" if elapsed is None else f"after {elapsed:.2f} s"
     if outcome is None:
-        logger.warning("dropped after %.2f s: its lease was lost", elapsed)
+        logger.warning("dropped %s: its lease was lost", when)
         return
     if outcome.label == "succeeded":
-        logger.info("succeeded in %.2f s", elapsed)
+        logger.info("succeeded in %.2f s", elapsed or 0.0)
         return
     if outcome.label == "released":
-        logger.info("handed back after %.2f s", elapsed)
+        logger.info("handed back %s", when)
         return
     nack = outcome.request.nack
     logger.warning(
-        "%s after %.2f s (%s, %s): %s%s",
+        "%s %s (%s, %s): %s%s",
         outcome.label,
-        elapsed,
+        when,
         nack.error.kind,
         "will retry if attempts remain" if nack.retryable else "final",
         nack.error.message,

@@ -134,7 +134,7 @@ class Execution:
         except PayloadError as exc:
             return self._nack(str(exc), kind=exc.kind, retryable=False)
         if self.stop_reason is not None:
-            return self._stopped_outcome()
+            return self.stopped_outcome()
         loop = asyncio.get_running_loop()
         # One future and one timer rather than asyncio.wait: this runs for every job.
         self._settled = loop.create_future()
@@ -206,9 +206,10 @@ class Execution:
         if self.stop_reason is None:
             # Cancelled without the worker asking: treat like any other error.
             return self._nack("handler was cancelled", kind="CancelledError", retryable=True)
-        return self._stopped_outcome()
+        return self.stopped_outcome()
 
-    def _stopped_outcome(self) -> Outcome | None:
+    def stopped_outcome(self) -> Outcome | None:
+        """The outcome the stop decides (None: the lease is lost, nothing to report)."""
         reason = self.stop_reason
         detail = self._lease.cancel_reason or ""
         if reason is StopReason.CANCELLED:
