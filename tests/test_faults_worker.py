@@ -248,9 +248,7 @@ def test_job_of_a_killed_worker_runs_again_after_the_stream_grace(
         )
     }
     wait_connected(*workers.values())
-    job_id = submit(
-        scheduler, "sleep", {"seconds": 3}, lease_timeout=seconds(300), max_attempts=3
-    )
+    job_id = submit(scheduler, "sleep", {"seconds": 3}, lease_timeout=seconds(300), max_attempts=3)
 
     def holder() -> str | None:
         row = db.job(job_id)

@@ -260,8 +260,6 @@ def test_the_metrics_reading_skips_succeeded_jobs(
     ).fetchall()
     plan = "\n".join(str(row[0]) for row in rows)
     reads = [line for line in plan.splitlines() if " on jobwire_jobs" in line]
-    assert reads and all(
-        "Index" in line or "never executed" in line for line in reads
-    ), plan
+    assert reads and all("Index" in line or "never executed" in line for line in reads), plan
     total = re.search(r"Buffers: shared hit=(\d+)", plan)
     assert total and int(total[1]) < 20, plan  # the table itself is over 200 pages

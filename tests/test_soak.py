@@ -179,8 +179,10 @@ def test_soak_with_accounting(database_url: str, tmp_path: Path) -> None:
             w.stop()
         for s in schedulers:
             s.stop()
-    print(f"soak: {JOBS} jobs in {elapsed:.1f}s ({JOBS / elapsed:.0f}/s), {cancels} cancels, "
-          f"peak {peak_rows} rows, peak {peak_overdue} rows past retention")
+    print(
+        f"soak: {JOBS} jobs in {elapsed:.1f}s ({JOBS / elapsed:.0f}/s), {cancels} cancels, "
+        f"peak {peak_rows} rows, peak {peak_overdue} rows past retention"
+    )
     # The table stays bounded: finished jobs never linger much past the retention (a
     # sweep every 0.5 s deletes up to 500 a batch, in as many batches as needed).
     assert peak_overdue <= 500, peak_overdue

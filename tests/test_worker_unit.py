@@ -266,7 +266,10 @@ def test_result_checks_its_fields() -> None:
 def test_job_failed() -> None:
     error = JobFailed("nope")
     assert (error.message, error.retryable, error.retry_delay, error.kind) == (
-        "nope", True, None, "JobFailed"
+        "nope",
+        True,
+        None,
+        "JobFailed",
     )
 
     class QuotaExceeded(JobFailed):
@@ -283,7 +286,12 @@ def test_job_failed() -> None:
 
 def test_nack_is_trimmed_to_the_contract_limits() -> None:
     outcome = outcomes.nack(
-        "j", "t", message="m" * 5000, kind="k" * 200, details="d" * 70000, retryable=True,
+        "j",
+        "t",
+        message="m" * 5000,
+        kind="k" * 200,
+        details="d" * 70000,
+        retryable=True,
         retry_delay=1.25,
     )
     item = outcome.request.nack
@@ -346,9 +354,7 @@ def test_text_transforms_refuse_bad_payloads(
 
 
 def test_csv_of_objects_has_the_union_of_keys_in_first_seen_order() -> None:
-    result = builtins.csv(
-        {"rows": [{"b": 1, "a": "x,y"}, {"c": True, "a": None}, {"b": {"n": 1}}]}
-    )
+    result = builtins.csv({"rows": [{"b": 1, "a": "x,y"}, {"c": True, "a": None}, {"b": {"n": 1}}]})
     assert result.content_type == "text/csv"
     assert result.data.decode().splitlines() == [
         "b,a,c",
@@ -520,7 +526,11 @@ def test_success_is_an_ack_with_the_encoded_result() -> None:
     assert outcome.request.ack.lease_token == "token-1"
     ctx = seen[0]
     assert (ctx.job_id, ctx.type, ctx.queue, ctx.attempt, ctx.max_attempts) == (
-        "job-1", "t", "default", 2, 3
+        "job-1",
+        "t",
+        "default",
+        2,
+        3,
     )
     assert (ctx.trace_id, dict(ctx.labels), ctx.worker_id) == ("trace-9", {"team": "a"}, "w-1")
     assert not ctx.cancelled.is_set()
@@ -674,8 +684,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("JOBWIRE_QUEUES", "JOBWIRE_CONCURRENCY", "JOBWIRE_DRAIN_GRACE", "JOBWIRE_IMPORTS",
-                 "JOBWIRE_WORKER_ID", "JOBWIRE_BUILTINS", "JOBWIRE_TARGET", "JOBWIRE_PREFETCH"):
+    for name in (
+        "JOBWIRE_QUEUES",
+        "JOBWIRE_CONCURRENCY",
+        "JOBWIRE_DRAIN_GRACE",
+        "JOBWIRE_IMPORTS",
+        "JOBWIRE_WORKER_ID",
+        "JOBWIRE_BUILTINS",
+        "JOBWIRE_TARGET",
+        "JOBWIRE_PREFETCH",
+    ):
         monkeypatch.delenv(name, raising=False)
     args = parse([])
     assert args.queues == ["default"]
@@ -696,8 +714,23 @@ def test_cli_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     args = parse([])
     assert (args.queues, args.concurrency, args.drain_grace) == (["a", "b"], 3, 2.5)
     assert args.prefetch == 6
-    args = parse(["--queue", "x", "--queue", "y,z", "--import", "m1", "--import", "m2",
-                  "--no-builtins", "--worker-id", "w1", "--target", "h:1"])
+    args = parse(
+        [
+            "--queue",
+            "x",
+            "--queue",
+            "y,z",
+            "--import",
+            "m1",
+            "--import",
+            "m2",
+            "--no-builtins",
+            "--worker-id",
+            "w1",
+            "--target",
+            "h:1",
+        ]
+    )
     assert args.queues == ["x", "y", "z"]  # the command line replaces the environment
     assert args.imports == ["m1", "m2"]
     assert (args.builtins, args.worker_id, args.target) == (False, "w1", "h:1")
