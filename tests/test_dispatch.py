@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from jobwire.v1 import job_pb2, jobs_pb2, leases_pb2
 from prometheus_client import REGISTRY
@@ -99,3 +100,24 @@ def test_a_scheduled_job_comes_due_while_credit_keeps_waking_the_dispatcher(
         later.close()
     finally:
         scheduler.stop()
+
+
+def test_only_a_nack_that_makes_a_job_due_now_wakes_leasing(slow_poll: SchedulerThread) -> None:
+    """A failure retried after a backoff waits for the poll tick; one that fails for good
+    changes nothing either. A hand-back, or a retry without delay, is leased again at once."""
+    queue = "nack-wakes"
+    worker = StreamClient(slow_poll.target, queues=(queue,), credits=10)
+    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    ids = [submit(slow_poll, queue, max_attempts=5) for _ in range(4)]
+    leased = {j.job.id: j for j in (worker.next_job(index=i) for i in range(4))}
+    empty_before = claims(queue, "empty")
+    assert worker.nack(leased[ids[0]]).code == 0  # the default backoff: 1 s and more
+    assert worker.nack(leased[ids[1]], retryable=False).code == 0  # FAILED
+    assert claims(queue, "empty") == empty_before  # neither woke leasing
+
+    assert worker.nack(leased[ids[2]], release=True).code == 0
+    assert worker.next_job(index=4, timeout=5).job.id == ids[2]
+    zero = Duration(seconds=0)
+    assert worker.nack(leased[ids[3]], retryable=True, retry_delay=zero).code == 0
+    assert worker.next_job(index=5, timeout=5).job.id == ids[3]
+    worker.close()

@@ -184,7 +184,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             lambda item: validation.ack(item, "ack", self._limits),
         )
         if parsed:
-            self._settle(session, self._acks.submit(parsed), parsed, results, nacks=False)
+            self._settle(session, self._acks.submit(parsed), parsed, results)
 
     def _settle_nacks(self, session: Session, items: Sequence[leases_pb2.NackItem]) -> None:
         parsed, results = _parse(
@@ -194,7 +194,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             lambda item: validation.nack(item, "nack", self._limits),
         )
         if parsed:
-            self._settle(session, self._nacks.submit(parsed), parsed, results, nacks=True)
+            self._settle(session, self._nacks.submit(parsed), parsed, results)
 
     def _settle(
         self,
@@ -202,8 +202,6 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         written: asyncio.Future[list[Exception | None]],
         parsed: Sequence[model.Ack | model.Nack],
         results: list[leases_pb2.SettleResult],
-        *,
-        nacks: bool,
     ) -> None:
         """Answers a message's outcomes of one kind in one message once group commit has
         written them, rather than one future, callback and message per outcome."""
@@ -217,8 +215,6 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
                 self._dispatcher.release(outcome.job_id, outcome.lease_token)
                 self._changes.changed(outcome.job_id)
                 _answered(result, error)
-            if nacks and None in errors:
-                self._dispatcher.wake()  # a job may be ready again
             _send_results(session, results)
 
         session.track(written)
@@ -263,7 +259,10 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         self, messages: Sequence[list[model.Nack]]
     ) -> list[list[Exception | None]]:
         items = flatten(messages)
-        return regroup(messages, _per_item(items, await self._store.nack(items, atomic=False)))
+        refusals, ready = await self._store.nack(items, atomic=False)
+        if ready:  # a job that waits out a backoff is found by the poll tick instead
+            self._dispatcher.wake()
+        return regroup(messages, _per_item(items, refusals))
 
     async def _write_extensions(
         self, items: Sequence[Extension]
@@ -296,9 +295,10 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         self, request: leases_pb2.NackRequest, context: Context
     ) -> leases_pb2.NackResponse:
         items = validation.nacks(list(request.items), self._limits)
-        await self._store.nack(items, atomic=True)
+        _, ready = await self._store.nack(items, atomic=True)
         self._settled(items)
-        self._dispatcher.wake()
+        if ready:
+            self._dispatcher.wake()
         return leases_pb2.NackResponse()
 
     @unary

@@ -446,7 +446,10 @@ class Store:
 
         return await self._settle(items, run, _SAME_ACK, atomic=atomic, on_committed=record)
 
-    async def nack(self, items: Sequence[Nack], *, atomic: bool) -> list[Refusal]:
+    async def nack(self, items: Sequence[Nack], *, atomic: bool) -> tuple[list[Refusal], bool]:
+        """Ends the attempts; returns the refusals, and whether a job is ready to run
+        again now (rather than after a backoff, or never), which is when leasing needs
+        waking."""
         params = {
             "id": [i.job_id for i in items],
             "token": [i.lease_token for i in items],
@@ -478,7 +481,8 @@ class Store:
                 ],
             )
 
-        return await self._settle(items, run, _SAME_NACK, atomic=atomic, on_committed=record)
+        refusals = await self._settle(items, run, _SAME_NACK, atomic=atomic, on_committed=record)
+        return refusals, any(r["next_state"] == "PENDING" and r["due_at_once"] for r in settled)
 
     async def extend(
         self, items: Sequence[Extension], *, atomic: bool

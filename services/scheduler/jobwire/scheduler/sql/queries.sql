@@ -150,9 +150,12 @@ FROM settled s LEFT JOIN history h ON h.job_id = s.id
 -- name: nack_jobs
 -- Ends attempts without success; the rules live in jobwire_end_attempt(). The joins read
 -- the rows as they were before it (the statement's snapshot): queue, type and the
--- attempt's start, for metrics.
+-- attempt's start, for metrics, and whether a job going back to PENDING is due at once
+-- (handed back, or no delay: the backoff is zero only when its initial or its cap is).
 SELECT t.id, t.token, j.queue, j.type,
        extract(epoch FROM now() - a.started_at)::float8 AS run_seconds,
+       t.release OR coalesce(t.delay, least(j.backoff_initial, j.backoff_max))
+           <= interval '0' AS due_at_once,
        jobwire_end_attempt(t.id, t.token, false, t.release, t.retryable, t.delay,
                            t.message, t.kind, t.details) AS next_state
 FROM unnest(%(id)b::uuid[], %(token)b::uuid[], %(release)b::bool[], %(retryable)b::bool[],
