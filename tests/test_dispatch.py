@@ -121,3 +121,23 @@ def test_only_a_nack_that_makes_a_job_due_now_wakes_leasing(slow_poll: Scheduler
     assert worker.nack(leased[ids[3]], retryable=True, retry_delay=zero).code == 0
     assert worker.next_job(index=5, timeout=5).job.id == ids[3]
     worker.close()
+
+
+def test_a_submit_reopens_only_its_own_queue(slow_poll: SchedulerThread) -> None:
+    idle = StreamClient(slow_poll.target, worker_id="idle", queues=("quiet",), credits=4)
+    busy = StreamClient(slow_poll.target, worker_id="busy", queues=("loud",), credits=4)
+    wait_for(
+        lambda: claims("quiet", "empty") >= 1 and claims("loud", "empty") >= 1,
+        message="the first claims",
+    )
+    quiet_before = claims("quiet", "empty")
+    for i in range(5):
+        submit(slow_poll, "loud")
+        busy.ack(busy.next_job(index=i))
+        credit(busy)
+    assert claims("loud", "jobs") == 5
+    assert claims("quiet", "empty") == quiet_before  # nothing came to its queue
+    submit(slow_poll, "quiet")
+    assert idle.next_job().job.spec.queue == "quiet"
+    idle.close()
+    busy.close()

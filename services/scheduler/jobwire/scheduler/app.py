@@ -225,7 +225,7 @@ class Scheduler:
                         self.dispatcher.release(expired.job_id, expired.lease_token)
                         self.changes.changed(expired.job_id)
                         if expired.next_state is State.PENDING:
-                            self.dispatcher.wake()
+                            self.dispatcher.wake({expired.queue})
                     if len(ended) < 500:
                         break
             except SchedulerError as exc:
@@ -261,8 +261,9 @@ class Scheduler:
                     ("jobwire_submitted", "jobwire_cancel")
                 ):
                     if channel == "jobwire_submitted":
-                        if not self.store.own_submit(payload):
-                            self.dispatcher.wake()
+                        queue = self.store.submitted_elsewhere(payload)
+                        if queue is not None:
+                            self.dispatcher.wake({queue} if queue else None)
                     elif channel == "jobwire_cancel":
                         with contextlib.suppress(ValueError, KeyError, TypeError):
                             cancel = json.loads(payload)

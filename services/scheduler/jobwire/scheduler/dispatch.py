@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 # claims in a row, so its worker starts on the first jobs while the next are claimed,
 # instead of each side waiting for the other's whole batch.
 LEASE_CHUNK = 64
+# Queues whose readiness is tracked one by one; beyond, every queue starts over together.
+MAX_QUEUE_GENERATIONS = 10_000
 
 
 @dataclass(eq=False, kw_only=True)
@@ -51,9 +54,10 @@ class Session:
     cancels_sent: set[UUID] = field(default_factory=set)
     # Outcomes and extensions being written, whose answers are still to be sent.
     in_flight: set[asyncio.Future[Any]] = field(default_factory=set)
-    # Queue -> the dispatcher's readiness generation in which a claim for this stream
-    # came back short: nothing more of that queue is ready for it until the next one.
-    exhausted: dict[str, int] = field(default_factory=dict)
+    # Queue -> the dispatcher's readiness generations (all queues, that queue) in which
+    # a claim for this stream came back short: nothing more of that queue is ready for
+    # it until one of them moves on.
+    exhausted: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def wants_jobs(self) -> bool:
@@ -114,8 +118,10 @@ class Dispatcher:
         self._stream_grace = stream_grace
         self._sessions: list[Session] = []
         self._wake = asyncio.Event()
-        # Advanced by every event that may have made jobs ready (see `wake`).
+        # Readiness generations, advanced by every event that may have made jobs ready
+        # (see `wake`): one for every queue, one per queue.
         self._generation = 0
+        self._queue_generations: dict[str, int] = {}
         self._holders: dict[UUID, Session] = {}
 
     @property
@@ -157,10 +163,20 @@ class Dispatcher:
             for job_id in other.held
         }
 
-    def wake(self) -> None:
-        """Jobs may have become ready: every stream with credit gets a claim."""
-        self._generation += 1
+    def wake(self, queues: Iterable[str] | None = None) -> None:
+        """Jobs may have become ready in `queues` (None: in any): every stream with credit
+        that serves one of them gets a claim."""
+        if queues is None or len(self._queue_generations) > MAX_QUEUE_GENERATIONS:
+            # Past the bound (queue names without end), every queue starts over.
+            self._generation += 1
+            self._queue_generations.clear()
+        else:
+            for queue in queues:
+                self._queue_generations[queue] = self._queue_generations.get(queue, 0) + 1
         self._wake.set()
+
+    def _readiness(self, queue: str) -> tuple[int, int]:
+        return self._generation, self._queue_generations.get(queue, 0)
 
     def credit_returned(self) -> None:
         """A stream can take more: it gets a claim where its last one came back full."""
@@ -220,13 +236,12 @@ class Dispatcher:
         session and queue. A session's queue stays in the next round only while its claims
         come back full (more may be ready) and the session has credit left; rounds keep one
         busy stream from starving the others. A queue whose claim came back short is left
-        alone until the generation changes."""
-        generation = self._generation
+        alone until its readiness generation changes."""
         open_pairs = [
             (session, queue)
             for session in list(self._sessions)
             for queue in session.queues
-            if session.exhausted.get(queue) != generation
+            if session.exhausted.get(queue) != self._readiness(queue)
         ]
         while open_pairs:
             next_round = []
@@ -235,12 +250,12 @@ class Dispatcher:
                     continue
                 # The generation before the claim: an event during it may have made jobs
                 # ready that the claim did not see, and must bring a new claim.
-                generation = self._generation
+                readiness = self._readiness(queue)
                 limit = min(session.credit, LEASE_CHUNK)
                 if await self._lease(session, queue, limit) == limit:
                     next_round.append((session, queue))
                 else:
-                    session.exhausted[queue] = generation
+                    session.exhausted[queue] = readiness
             open_pairs = next_round
 
     async def _lease(self, session: Session, queue: str, limit: int) -> int:

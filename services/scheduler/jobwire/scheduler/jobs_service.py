@@ -98,7 +98,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         else:
             submitted = await self._store.submit(new, full=not request.ids_only)
             if any(s.created for s in submitted):
-                self._dispatcher.wake()
+                self._dispatcher.wake({job.queue for job in new})
         if log.isEnabledFor(logging.DEBUG):
             for job, s in zip(new, submitted, strict=True):
                 if s.created:
@@ -128,7 +128,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         groups = [jobs for jobs, _ in requests]
         stored = await self._store.submit(flatten(groups), full=any(full for _, full in requests))
         # From here rather than from each caller: the dispatcher claims a loop turn sooner.
-        self._dispatcher.wake()
+        self._dispatcher.wake({job.queue for jobs in groups for job in jobs})
         return regroup(groups, stored)
 
     async def close(self) -> None:
@@ -210,7 +210,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self, request: jobs_pb2.RetryRequest, context: Context
     ) -> jobs_pb2.RetryResponse:
         job = await self._store.retry(validation.job_id(request.id))
-        self._dispatcher.wake()
+        self._dispatcher.wake({job.queue})
         return jobs_pb2.RetryResponse(job=convert.job(job))
 
     @unary

@@ -261,7 +261,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         items = flatten(messages)
         refusals, ready = await self._store.nack(items, atomic=False)
         if ready:  # a job that waits out a backoff is found by the poll tick instead
-            self._dispatcher.wake()
+            self._dispatcher.wake(ready)
         return regroup(messages, _per_item(items, refusals))
 
     async def _write_extensions(
@@ -298,7 +298,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         _, ready = await self._store.nack(items, atomic=True)
         self._settled(items)
         if ready:
-            self._dispatcher.wake()
+            self._dispatcher.wake(ready)
         return leases_pb2.NackResponse()
 
     @unary

@@ -139,7 +139,8 @@ class Store:
             name="jobwire-leases",
         )
         self._checking: asyncio.Task[None] | None = None
-        # Names this scheduler in the notifications of its submits (see `own_submit`).
+        # Names this scheduler in the notifications of its submits (see
+        # `submitted_elsewhere`).
         self.origin = uuid.uuid4().hex
 
     async def open(self) -> None:
@@ -446,10 +447,9 @@ class Store:
 
         return await self._settle(items, run, _SAME_ACK, atomic=atomic, on_committed=record)
 
-    async def nack(self, items: Sequence[Nack], *, atomic: bool) -> tuple[list[Refusal], bool]:
-        """Ends the attempts; returns the refusals, and whether a job is ready to run
-        again now (rather than after a backoff, or never), which is when leasing needs
-        waking."""
+    async def nack(self, items: Sequence[Nack], *, atomic: bool) -> tuple[list[Refusal], set[str]]:
+        """Ends the attempts; returns the refusals, and the queues where a job is ready to
+        run again now (rather than after a backoff, or never): leasing needs waking there."""
         params = {
             "id": [i.job_id for i in items],
             "token": [i.lease_token for i in items],
@@ -482,7 +482,9 @@ class Store:
             )
 
         refusals = await self._settle(items, run, _SAME_NACK, atomic=atomic, on_committed=record)
-        return refusals, any(r["next_state"] == "PENDING" and r["due_at_once"] for r in settled)
+        return refusals, {
+            r["queue"] for r in settled if r["next_state"] == "PENDING" and r["due_at_once"]
+        }
 
     async def extend(
         self, items: Sequence[Extension], *, atomic: bool
@@ -603,12 +605,12 @@ class Store:
 
     # -- notifications --------------------------------------------------------------------
 
-    def own_submit(self, payload: str) -> bool:
-        """Whether a jobwire_submitted notification came from this scheduler's own submit
-        (whose caller woke the dispatcher already). Payloads without an origin, from older
-        versions, are never taken for one's own."""
-        origin, _, _queue = payload.partition(" ")
-        return origin == self.origin
+    def submitted_elsewhere(self, payload: str) -> str | None:
+        """The queue of a jobwire_submitted notification from another replica; None for
+        this scheduler's own submits, whose callers woke its dispatcher already; "" when
+        the payload names no queue (an older version's), which means any queue."""
+        origin, _, queue = payload.partition(" ")
+        return None if origin == self.origin else queue
 
     async def listen(self, channels: Iterable[str]) -> AsyncIterator[tuple[str, str]]:
         """Yields (channel, payload) from LISTEN on a dedicated connection until it breaks."""
