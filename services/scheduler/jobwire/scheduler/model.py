@@ -9,8 +9,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as hot_record
+else:
+
+    def hot_record(**options: Any) -> Any:
+        """A frozen dataclass for the type checker, which refuses assignments to it; a
+        plain one with slots at run time. Jobs are built from rows on every lease, get,
+        list and submit, and a frozen dataclass sets each field through
+        object.__setattr__: Job.from_row took 7.8 us against 3.3 us."""
+        return dataclass(**{**options, "frozen": False, "slots": True})
 
 
 class State(StrEnum):
@@ -34,7 +45,7 @@ class Outcome(StrEnum):
     RELEASED = "RELEASED"
 
 
-@dataclass(frozen=True, kw_only=True)
+@hot_record(frozen=True, kw_only=True)
 class Backoff:
     initial: timedelta = timedelta(seconds=1)
     max: timedelta = timedelta(minutes=5)
@@ -127,7 +138,7 @@ class Attempt:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@hot_record(frozen=True, kw_only=True)
 class Job:
     id: UUID
     queue: str
