@@ -177,34 +177,31 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         # A second hello or an unknown kind is ignored: newer workers may send more.
 
     def _settle_acks(self, session: Session, items: Sequence[leases_pb2.AckItem]) -> None:
-        parsed, results = _parse(
-            session,
-            leases_pb2.SETTLE_KIND_ACK,
-            items,
-            lambda item: validation.ack(item, "ack", self._limits),
-        )
-        if parsed:
-            self._settle(session, self._acks.submit(parsed), parsed, results)
+        def parse(item: leases_pb2.AckItem) -> model.Ack:
+            return validation.ack(item, "ack", self._limits)
+
+        self._settle(session, leases_pb2.SETTLE_KIND_ACK, items, parse, self._acks)
 
     def _settle_nacks(self, session: Session, items: Sequence[leases_pb2.NackItem]) -> None:
-        parsed, results = _parse(
-            session,
-            leases_pb2.SETTLE_KIND_NACK,
-            items,
-            lambda item: validation.nack(item, "nack", self._limits),
-        )
-        if parsed:
-            self._settle(session, self._nacks.submit(parsed), parsed, results)
+        def parse(item: leases_pb2.NackItem) -> model.Nack:
+            return validation.nack(item, "nack", self._limits)
+
+        self._settle(session, leases_pb2.SETTLE_KIND_NACK, items, parse, self._nacks)
 
     def _settle(
         self,
         session: Session,
-        written: asyncio.Future[list[Exception | None]],
-        parsed: Sequence[model.Ack | model.Nack],
-        results: list[leases_pb2.SettleResult],
+        kind: int,
+        items: Sequence[ItemT],
+        parse: Callable[[ItemT], OutcomeT],
+        batcher: GroupCommit[list[OutcomeT], list[Exception | None]],
     ) -> None:
-        """Answers a message's outcomes of one kind in one message once group commit has
-        written them, rather than one future, callback and message per outcome."""
+        """Hands a message's valid outcomes of one kind to group commit as one entry and
+        answers them in one message once written, rather than one future, callback and
+        message per outcome; invalid ones are answered at once."""
+        parsed, results = _parse(session, kind, items, parse)
+        if not parsed:
+            return
 
         def settled(done: asyncio.Future[list[Exception | None]]) -> None:
             if done.cancelled():
@@ -217,6 +214,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
                 _answered(result, error)
             _send_results(session, results)
 
+        written = batcher.submit(parsed)
         session.track(written)
         written.add_done_callback(settled)
 
