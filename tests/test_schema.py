@@ -69,6 +69,30 @@ def test_migrations_apply_once_and_are_recorded(database_url: str) -> None:
     assert versions == [m.version for m in migrate.available()]
 
 
+def test_a_migration_outside_a_transaction_can_run_again(database_url: str) -> None:
+    """Such a migration is recorded only after its last statement; one cut short (an
+    invalid index left behind, a crash before the record) runs whole again."""
+    outside = [m for m in migrate.available() if not m.in_a_transaction]
+    assert outside, "no migration runs outside a transaction any more"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for migration in outside:
+            conn.execute("DELETE FROM jobwire_migrations WHERE version = %s", (migration.version,))
+        # What a CREATE INDEX CONCURRENTLY cut short leaves (a catalog write: superusers
+        # only, as on the embedded server the tests start).
+        if conn.execute("SELECT current_setting('is_superuser')").fetchone() == ("on",):
+            conn.execute(
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                "'jobwire_jobs_unsuccessful'::regclass"
+            )
+    assert migrate.apply(database_url) == outside
+    with psycopg.connect(database_url) as conn:
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+            "'jobwire_jobs_unsuccessful'::regclass"
+        ).fetchone()
+    assert valid == (True,)
+
+
 def test_result_if_and_only_if_succeeded(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     job_id = insert_job(conn)
     violates(conn, "UPDATE jobwire_jobs SET result = 'x' WHERE id = %s", job_id)

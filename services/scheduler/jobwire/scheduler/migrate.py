@@ -12,6 +12,12 @@ import psycopg
 log = logging.getLogger(__name__)
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+# The first line of a migration that must run outside a transaction (CREATE INDEX
+# CONCURRENTLY, which lets writes go on while a big table is read). Its statements,
+# each ending with ";" at the end of a line, run one by one and must be safe to run
+# again: a failure or crash midway leaves the migration unrecorded.
+OUTSIDE_A_TRANSACTION = "-- jobwire: outside a transaction"
+_STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
 # Any fixed number: it only has to be the same on every replica.
 _ADVISORY_LOCK = 0x6A6F6277  # "jobw"
 
@@ -21,6 +27,19 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def in_a_transaction(self) -> bool:
+        return not self.sql.startswith(OUTSIDE_A_TRANSACTION)
+
+    def statements(self) -> list[str]:
+        """The statements of a migration that runs outside a transaction."""
+        parts = _STATEMENT_END.split(self.sql)
+        return [p.strip() for p in parts if _without_comments(p).strip()]
+
+
+def _without_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
 
 
 def available() -> list[Migration]:
@@ -55,12 +74,18 @@ def apply(database_url: str) -> list[Migration]:
             for migration in available():
                 if migration.version in done:
                     continue
-                with conn.transaction():
-                    conn.execute(migration.sql.encode())
-                    conn.execute(
-                        "INSERT INTO jobwire_migrations (version, name) VALUES (%s, %s)",
-                        (migration.version, migration.name),
-                    )
+                record = (
+                    "INSERT INTO jobwire_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+                if migration.in_a_transaction:
+                    with conn.transaction():
+                        conn.execute(migration.sql.encode())
+                        conn.execute(*record)
+                else:
+                    for statement in migration.statements():
+                        conn.execute(statement.encode())
+                    conn.execute(*record)
                 log.info("applied migration %04d_%s", migration.version, migration.name)
                 applied_now.append(migration)
         finally:
