@@ -111,8 +111,12 @@ def test_only_a_nack_that_makes_a_job_due_now_wakes_leasing(slow_poll: Scheduler
     ids = [submit(slow_poll, queue, max_attempts=5) for _ in range(4)]
     leased = {j.job.id: j for j in (worker.next_job(index=i) for i in range(4))}
     empty_before = claims(queue, "empty")
-    assert worker.nack(leased[ids[0]]).code == 0  # the default backoff: 1 s and more
-    assert worker.nack(leased[ids[1]], retryable=False).code == 0  # FAILED
+    minute = Duration(seconds=60)
+    assert worker.nack(leased[ids[0]], retryable=True, retry_delay=minute).code == 0
+    assert worker.nack(leased[ids[1]], retryable=False).code == 0
+    retried, failed = (slow_poll.jobs().Get(jobs_pb2.GetRequest(id=i)).job for i in ids[:2])
+    assert (retried.state, failed.state) == (job_pb2.JOB_STATE_PENDING, job_pb2.JOB_STATE_FAILED)
+    time.sleep(0.3)  # time for a claim that should not happen
     assert claims(queue, "empty") == empty_before  # neither woke leasing
 
     assert worker.nack(leased[ids[2]], release=True).code == 0

@@ -234,6 +234,22 @@ def test_queue_depth_oldest_age_and_connected_workers(observed: SchedulerThread)
     )
 
 
+def test_a_queue_shows_in_the_depth_metrics_while_workers_wait_on_it(
+    observed: SchedulerThread,
+) -> None:
+    """Succeeded jobs are not counted, so an empty queue is known from its workers."""
+    port = observed.scheduler.http_port
+    queue = fresh_queue()
+    ready = ("jobwire_queue_jobs", frozenset({("queue", queue), ("state", "ready")}))
+    worker = StreamClient(observed.target, queues=(queue,), credits=1)
+    try:
+        samples = scrape_until(port, lambda s: ready in s, "the empty queue in the metrics")
+        assert samples[ready] == 0
+    finally:
+        worker.close()
+    wait_for(lambda: ready not in scrape(port), message="the unserved empty queue gone")
+
+
 def test_lease_expiries_are_counted(observed: SchedulerThread) -> None:
     port = observed.scheduler.http_port
     queue = fresh_queue()

@@ -377,7 +377,7 @@ def test_a_cancelled_prefetched_job_never_starts_and_a_drain_hands_back_the_rest
         job_id: [r.getMessage() for r in caplog.records if getattr(r, "job_id", None) == job_id]
         for job_id in ids
     }
-    assert said[ids[0]][0] == "started" and said[ids[0]][-1].startswith("succeeded in")
+    assert said[ids[0]][0] == "started" and said[ids[0]][-1].startswith("succeeded after")
     assert "started" not in said[ids[1]] + said[ids[2]]
     assert said[ids[1]][-1].startswith("cancelled before it started (cancelled, final)")
     assert said[ids[2]][-1] == "handed back before it started"

@@ -24,7 +24,7 @@ from .errors import SchedulerError
 from .interceptor import MetricsInterceptor
 from .jobs_service import JobsService
 from .leases_service import LeasesService
-from .model import State
+from .model import QueueStats, State
 from .page_tokens import PageTokens
 from .store import Store
 from .validation import Limits
@@ -224,7 +224,7 @@ class Scheduler:
                         )
                         self.dispatcher.release(expired.job_id, expired.lease_token)
                         self.changes.changed(expired.job_id)
-                        if expired.next_state is State.PENDING:
+                        if expired.due_now:
                             self.dispatcher.wake({expired.queue})
                     if len(ended) < 500:
                         break
@@ -306,7 +306,10 @@ class Scheduler:
         the number of scrapes."""
         while True:
             try:
-                metrics.QUEUES.update(await self.store.stats(None, with_succeeded=False))
+                stats = await self.store.stats(None, with_succeeded=False)
+                metrics.QUEUES.update(
+                    QueueStats.with_idle(stats, self.dispatcher.workers_by_queue())
+                )
             except SchedulerError as exc:
                 log.warning("queue statistics paused: %s", exc)
             await asyncio.sleep(self.settings.stats_interval)

@@ -218,17 +218,13 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self, request: jobs_pb2.StatsRequest, context: Context
     ) -> jobs_pb2.StatsResponse:
         queue = validation.name(request.queue, "queue") if request.queue else None
-        stats = {s.queue: s for s in await self._store.stats(queue, with_succeeded=True)}
         workers = self._dispatcher.workers_by_queue()
-        # Queues that workers wait on but that have no jobs yet are shown too.
-        for name in workers.keys() - stats.keys():
-            if queue is None or name == queue:
-                stats[name] = QueueStats.empty(name)
+        stats = QueueStats.with_idle(
+            await self._store.stats(queue, with_succeeded=True),
+            (name for name in workers if queue is None or name == queue),
+        )
         return jobs_pb2.StatsResponse(
-            queues=[
-                convert.queue_stats(stats[name], workers.get(name, (0, 0))[0])
-                for name in sorted(stats)
-            ]
+            queues=[convert.queue_stats(s, workers.get(s.queue, (0, 0))[0]) for s in stats]
         )
 
 

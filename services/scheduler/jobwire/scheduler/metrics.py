@@ -133,7 +133,8 @@ QUEUE_JOBS = GaugeSpec(
     "the future; running; failed, the dead-letter queue; cancelled), as of the "
     "scheduler's last reading; every replica reports the same: take the max over "
     "replicas. Succeeded jobs are not counted, which would read most of the table: "
-    "jobwire_jobs_settled_total counts them as they finish.",
+    "jobwire_jobs_settled_total counts them as they finish. A queue shows while it holds "
+    "such jobs or workers wait on it.",
     ("queue", "state"),
 )
 OLDEST_READY_AGE = GaugeSpec(

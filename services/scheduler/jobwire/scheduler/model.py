@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -18,8 +18,8 @@ else:
 
     def hot_record(**options: Any) -> Any:
         """A frozen dataclass for the type checker, which refuses assignments to it; a
-        plain one with slots at run time. Jobs are built from rows on every lease, get,
-        list and submit, and a frozen dataclass sets each field through
+        plain one with slots at run time (so not hashable). Jobs are built from rows on
+        every lease, get, list and submit, and a frozen dataclass sets each field through
         object.__setattr__: Job.from_row took 7.8 us against 3.3 us."""
         return dataclass(**{**options, "frozen": False, "slots": True})
 
@@ -45,7 +45,7 @@ class Outcome(StrEnum):
     RELEASED = "RELEASED"
 
 
-@hot_record(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Backoff:
     initial: timedelta = timedelta(seconds=1)
     max: timedelta = timedelta(minutes=5)
@@ -270,6 +270,8 @@ class Expired:
     queue: str
     lease_token: UUID
     next_state: State
+    # Ready to run again now (PENDING with no backoff to wait out).
+    due_now: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,6 +306,15 @@ class QueueStats:
             cancelled=0,
             oldest_ready_age=timedelta(0),
         )
+
+    @classmethod
+    def with_idle(cls, stats: Iterable[QueueStats], queues: Iterable[str]) -> list[QueueStats]:
+        """`stats`, with an empty entry for each of `queues` (those workers wait on) that
+        has none, in queue order: a queue being served shows, even with nothing in it."""
+        by_queue = {s.queue: s for s in stats}
+        for queue in queues:
+            by_queue.setdefault(queue, cls.empty(queue))
+        return [by_queue[name] for name in sorted(by_queue)]
 
 
 @dataclass(frozen=True, kw_only=True)

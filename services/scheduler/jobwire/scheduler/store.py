@@ -582,6 +582,7 @@ class Store:
                 queue=r["queue"],
                 lease_token=r["lease_token"],
                 next_state=State(r["next_state"]),
+                due_now=r["next_state"] == "PENDING" and r["due_at_once"],
             )
             for r in rows
             if r["next_state"]

@@ -441,7 +441,7 @@ def _log_outcome(execution: Execution, outcome: Outcome | None, elapsed: float |
         logger.warning("dropped %s: its lease was lost", when)
         return
     if outcome.label == "succeeded":
-        logger.info("succeeded in %.2f s", elapsed or 0.0)
+        logger.info("succeeded %s", when)
         return
     if outcome.label == "released":
         logger.info("handed back %s", when)

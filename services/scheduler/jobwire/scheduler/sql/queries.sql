@@ -185,14 +185,18 @@ LEFT JOIN jobwire_attempts a ON a.job_id = i.id AND a.lease_token = i.token
 
 -- name: expire_leases
 -- The reaper: ends attempts whose lease deadline passed, oldest first, a batch at a time.
+-- A job that goes back to PENDING waits out its backoff, which is zero only when the
+-- backoff's initial delay or cap is (due_at_once, as in nack_jobs).
 WITH expired AS (
-    SELECT id, queue, type, lease_token, worker_id, lease_deadline FROM jobwire_jobs
+    SELECT id, queue, type, lease_token, worker_id, lease_deadline,
+           least(backoff_initial, backoff_max) <= interval '0' AS due_at_once
+    FROM jobwire_jobs
     WHERE state = 'RUNNING' AND lease_deadline < now()
     ORDER BY lease_deadline
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-SELECT id, queue, type, lease_token,
+SELECT id, queue, type, lease_token, due_at_once,
        jobwire_end_attempt(id, lease_token, true, false, true, NULL,
            format('lease expired at %%s (worker %%s)', lease_deadline, worker_id),
            'lease_expired', '') AS next_state
