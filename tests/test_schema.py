@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 from jobwire.scheduler import migrate
 from jobwire.scheduler.queries import QUERIES
+from psycopg.conninfo import make_conninfo
 
 
 @pytest.fixture
@@ -91,6 +93,28 @@ def test_a_migration_outside_a_transaction_can_run_again(database_url: str) -> N
             "'jobwire_jobs_unsuccessful'::regclass"
         ).fetchone()
     assert valid == (True,)
+
+
+def test_replicas_migrating_at_once_wait_for_each_other(postgres_url: str) -> None:
+    """Replicas started together all run `migrate`; one applies, the others wait, even
+    for a migration that builds an index CONCURRENTLY (which waits for every session
+    holding an older snapshot)."""
+    name = f"jobwire_fresh_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(postgres_url, dbname=name)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            applied = list(pool.map(lambda _: migrate.apply(url), range(3)))
+        assert sorted(len(a) for a in applied) == [0, 0, len(migrate.available())]
+        with psycopg.connect(url) as conn:
+            versions = [r[0] for r in conn.execute("SELECT version FROM jobwire_migrations")]
+            invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+            assert invalid.fetchone() == (0,)
+        assert versions == [m.version for m in migrate.available()]
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_result_if_and_only_if_succeeded(conn: psycopg.Connection[tuple[object, ...]]) -> None:

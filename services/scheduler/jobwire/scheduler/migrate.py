@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, LiteralString
 
 import psycopg
 
@@ -18,6 +20,7 @@ _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 # again: a failure or crash midway leaves the migration unrecorded.
 OUTSIDE_A_TRANSACTION = "-- jobwire: outside a transaction"
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
+_LOCK_POLL_SECONDS = 0.2
 # Any fixed number: it only has to be the same on every replica.
 _ADVISORY_LOCK = 0x6A6F6277  # "jobw"
 
@@ -36,6 +39,11 @@ class Migration:
         """The statements of a migration that runs outside a transaction."""
         parts = _STATEMENT_END.split(self.sql)
         return [p.strip() for p in parts if _without_comments(p).strip()]
+
+
+def _scalar(conn: psycopg.Connection[Any], sql: LiteralString, *params: object) -> object:
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
 
 
 def _without_comments(sql: str) -> str:
@@ -62,7 +70,11 @@ def apply(database_url: str) -> list[Migration]:
     """
     applied_now = []
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK,))
+        # Polled, not waited for: a session waiting in pg_advisory_lock() holds a
+        # snapshot, and CREATE INDEX CONCURRENTLY in the session that has the lock waits
+        # for every older snapshot, which would make the two wait for each other.
+        while not _scalar(conn, "SELECT pg_try_advisory_lock(%s)", _ADVISORY_LOCK):
+            time.sleep(_LOCK_POLL_SECONDS)
         try:
             conn.execute(
                 """CREATE TABLE IF NOT EXISTS jobwire_migrations (
