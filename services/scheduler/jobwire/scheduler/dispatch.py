@@ -248,7 +248,7 @@ class Dispatcher:
             for session, queue in open_pairs:
                 if not session.wants_jobs:
                     continue
-                # The generation before the claim: an event during it may have made jobs
+                # The readiness before the claim: an event during it may have made jobs
                 # ready that the claim did not see, and must bring a new claim.
                 readiness = self._readiness(queue)
                 limit = min(session.credit, LEASE_CHUNK)

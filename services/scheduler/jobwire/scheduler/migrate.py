@@ -41,6 +41,13 @@ class Migration:
         return [p.strip() for p in parts if _without_comments(p).strip()]
 
 
+def _record(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    conn.execute(
+        "INSERT INTO jobwire_migrations (version, name) VALUES (%s, %s)",
+        (migration.version, migration.name),
+    )
+
+
 def _scalar(conn: psycopg.Connection[Any], sql: LiteralString, *params: object) -> object:
     row = conn.execute(sql, params).fetchone()
     return row[0] if row else None
@@ -86,18 +93,14 @@ def apply(database_url: str) -> list[Migration]:
             for migration in available():
                 if migration.version in done:
                     continue
-                record = (
-                    "INSERT INTO jobwire_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
                 if migration.in_a_transaction:
                     with conn.transaction():
                         conn.execute(migration.sql.encode())
-                        conn.execute(*record)
+                        _record(conn, migration)
                 else:
                     for statement in migration.statements():
                         conn.execute(statement.encode())
-                    conn.execute(*record)
+                    _record(conn, migration)
                 log.info("applied migration %04d_%s", migration.version, migration.name)
                 applied_now.append(migration)
         finally:
