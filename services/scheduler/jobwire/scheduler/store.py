@@ -390,8 +390,9 @@ class Store:
         )
 
     async def stats(self, queue: str | None, *, with_succeeded: bool) -> list[QueueStats]:
-        """Job counts per queue (one queue, or all with any job). Succeeded jobs are
-        counted only `with_succeeded`, which reads every one that retention keeps."""
+        """Job counts per queue (one queue, or every queue with a job it counts).
+        Succeeded jobs are counted only `with_succeeded`, which reads every one that
+        retention keeps; without it, a queue holding only succeeded jobs has no entry."""
         params = {"queue": queue, "with_succeeded": with_succeeded}
         async with self._conn() as conn:
             rows = await self._rows(conn, "queue_stats", params)
@@ -482,9 +483,7 @@ class Store:
             )
 
         refusals = await self._settle(items, run, _SAME_NACK, atomic=atomic, on_committed=record)
-        return refusals, {
-            r["queue"] for r in settled if r["next_state"] == "PENDING" and r["due_at_once"]
-        }
+        return refusals, {r["queue"] for r in settled if _due_now(r)}
 
     async def extend(
         self, items: Sequence[Extension], *, atomic: bool
@@ -582,7 +581,7 @@ class Store:
                 queue=r["queue"],
                 lease_token=r["lease_token"],
                 next_state=State(r["next_state"]),
-                due_now=r["next_state"] == "PENDING" and r["due_at_once"],
+                due_now=_due_now(r),
             )
             for r in rows
             if r["next_state"]
@@ -636,6 +635,12 @@ class _LabelsDumper(JsonbBinaryDumper):
 
     def dump(self, obj: Any) -> Buffer | None:
         return b"\x01{}" if not obj else super().dump(obj)
+
+
+def _due_now(row: dict[str, Any]) -> bool:
+    """Whether an ended attempt's job is ready to run again at once (see due_at_once in
+    nack_jobs and expire_leases)."""
+    return bool(row["next_state"] == "PENDING" and row["due_at_once"])
 
 
 def _count_submitted(jobs: Iterable[NewJob]) -> None:
