@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import grpc
+import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -145,3 +147,80 @@ def test_a_submit_reopens_only_its_own_queue(slow_poll: SchedulerThread) -> None
     assert idle.next_job().job.spec.queue == "quiet"
     idle.close()
     busy.close()
+
+
+def test_a_job_for_an_idle_worker_is_leased_in_its_submits_transaction(
+    slow_poll: SchedulerThread,
+) -> None:
+    queue = "handed-over"
+    worker = StreamClient(slow_poll.target, queues=(queue,), credits=4)
+    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    empty_before = claims(queue, "empty")
+    job_id = submit(slow_poll, queue)
+    assert worker.next_job().job.id == job_id
+    with psycopg.connect(slow_poll.database_url) as conn:
+        created, leased = conn.execute(
+            "SELECT j.created_at, a.started_at FROM jobwire_jobs j"
+            " JOIN jobwire_attempts a ON a.job_id = j.id WHERE j.id = %s",
+            (job_id,),
+        ).fetchone() or (None, None)
+    # now() is the transaction's start: the same for the insert and the lease only when
+    # they share one transaction.
+    assert created is not None and created == leased
+    assert claims(queue, "jobs") == 1
+    # The claim found the queue empty again, so leasing stays asleep there.
+    time.sleep(0.3)  # time for a claim that should not happen
+    assert claims(queue, "empty") == empty_before
+    worker.close()
+
+
+def test_a_submits_claim_still_leases_the_most_urgent_ready_job_first(
+    slow_poll: SchedulerThread,
+) -> None:
+    queue = "urgent-first"
+    worker = StreamClient(slow_poll.target, queues=(queue,), credits=1)
+    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    with psycopg.connect(slow_poll.database_url) as conn:
+        # As another replica would have submitted it: this one is not woken.
+        (urgent,) = conn.execute(
+            "INSERT INTO jobwire_jobs (id, queue, type, payload, payload_type, priority,"
+            " run_at, max_attempts, backoff_initial, backoff_max, backoff_multiplier,"
+            " backoff_jitter, lease_timeout)"
+            " VALUES (gen_random_uuid(), %s, 'echo', '{}', 'application/json', 5, now(), 3,"
+            " '1 second', '1 minute', 2, 0, '30 seconds') RETURNING id::text",
+            (queue,),
+        ).fetchone() or (None,)
+    submitted = submit(slow_poll, queue)
+    assert worker.next_job().job.id == urgent
+    worker.ack(worker.next_job())
+    credit(worker)
+    assert worker.next_job(index=1).job.id == submitted
+    worker.close()
+
+
+def test_a_failed_submit_leases_nothing_and_gives_the_credit_back(
+    slow_poll: SchedulerThread,
+) -> None:
+    queue = "refused"
+    worker = StreamClient(slow_poll.target, worker_id="refused", queues=(queue,), credits=4)
+    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    with psycopg.connect(slow_poll.database_url, autocommit=True) as conn:
+        # A real failure in the middle of the submit's transaction: its lease is refused.
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RAISE EXCEPTION 'attempt refused'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON jobwire_attempts FOR EACH ROW"
+            " WHEN (NEW.worker_id = 'refused') EXECUTE FUNCTION refuse()"
+        )
+        with pytest.raises(grpc.RpcError):
+            submit(slow_poll, queue)
+        # Rolled back whole: the insert before the refused lease left nothing.
+        assert conn.execute("SELECT count(*) FROM jobwire_jobs").fetchone() == (0,)
+        (session,) = slow_poll.scheduler.dispatcher.sessions
+        assert session.credit == 4
+        conn.execute("DROP TRIGGER refuse ON jobwire_attempts")
+    job_id = submit(slow_poll, queue)
+    assert worker.next_job().job.id == job_id
+    worker.close()

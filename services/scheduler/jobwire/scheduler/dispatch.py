@@ -7,6 +7,10 @@ back in the queue, or (as a fallback for scheduled jobs and lost notifications) 
 tick. Returned credit alone claims only where the last claim left jobs behind: a queue
 found empty stays empty until one of those events, so an idle system runs one claim per
 job instead of one per job and per credit.
+
+A submit of jobs due now for a queue where a stream sits idle (its last claim found the
+queue empty) does not wait for that claim: the stream's claim runs in the submit's own
+transaction (`Dispatcher.submit`), so the job is leased with the insert's commit.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +28,7 @@ from jobwire.v1 import leases_pb2
 
 from . import convert, metrics
 from .errors import SchedulerError
+from .model import Claim, Job, NewJob, Submitted
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,16 @@ class Session:
         if not self.closed:
             self.closed = True
             self.outbox.put_nowait(None)
+
+
+@dataclass(frozen=True, eq=False)
+class Handoff:
+    """A stream's claim run in a submit's transaction; `readiness` is its queue's when
+    the claim was planned."""
+
+    session: Session
+    claim: Claim
+    readiness: tuple[int, int]
 
 
 class JobChanges:
@@ -212,6 +227,75 @@ class Dispatcher:
         )
         return True
 
+    async def submit(self, jobs: Sequence[NewJob], *, full: bool) -> list[Submitted]:
+        """Inserts key-less `jobs` (see `Store.submit`). Streams idle on the queue of a job
+        due now get their claim in the same transaction; every other stream of those
+        queues is woken as for any submit."""
+        handoffs = self._plan_handoffs(jobs)
+        if not handoffs:
+            submitted = await self._store.submit(jobs, full=full)
+            self.wake({job.queue for job in jobs})
+            return submitted
+        try:
+            submitted, leased = await self._store.submit_and_lease(
+                jobs, [h.claim for h in handoffs], full=full
+            )
+        except BaseException:
+            for handoff in handoffs:
+                handoff.session.credit += handoff.claim.limit
+            raise
+        # Claims that came back short found every job of their queue that was ready: their
+        # streams stay idle there, unless something else became ready meanwhile.
+        idle = [
+            h
+            for h, claimed in zip(handoffs, leased, strict=True)
+            if len(claimed) < h.claim.limit and self._readiness(h.claim.queue) == h.readiness
+        ]
+        self.wake({job.queue for job in jobs})
+        for handoff in idle:
+            handoff.session.exhausted[handoff.claim.queue] = self._readiness(handoff.claim.queue)
+        for handoff, claimed in zip(handoffs, leased, strict=True):
+            handoff.session.credit += handoff.claim.limit - len(claimed)
+        for handoff, claimed in zip(handoffs, leased, strict=True):
+            await self._deliver(handoff.session, handoff.claim.queue, claimed)
+        return submitted
+
+    def _plan_handoffs(self, jobs: Sequence[NewJob]) -> list[Handoff]:
+        """Claims for streams idle on the queues of `jobs` that are due now, enough of them
+        to take those jobs; the streams' credit is set aside until the claims are done, so
+        no other claim spends it meanwhile."""
+        now = datetime.now(UTC)
+        due: dict[str, list[str]] = {}
+        for job in jobs:
+            if job.run_at is None or job.run_at <= now:
+                due.setdefault(job.queue, []).append(job.type)
+        handoffs: list[Handoff] = []
+        for queue, types in due.items():
+            readiness = self._readiness(queue)
+            left = len(types)
+            for session in self._sessions:
+                if left <= 0:
+                    break
+                if not (
+                    session.wants_jobs
+                    and session.exhausted.get(queue) == readiness
+                    and queue in session.queues
+                ):
+                    continue
+                wanted = sum(1 for t in types if t in session.types)
+                if not wanted:
+                    continue
+                # All the credit a claim of the dispatcher would use: a claim that comes
+                # back short shows the queue empty again, as the dispatcher's would.
+                limit = min(session.credit, LEASE_CHUNK)
+                session.credit -= limit
+                left -= wanted
+                claim = Claim(
+                    queue=queue, types=session.types, worker_id=session.worker_id, limit=limit
+                )
+                handoffs.append(Handoff(session, claim, readiness))
+        return handoffs
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self._poll_interval
@@ -265,6 +349,11 @@ class Dispatcher:
             queue=queue, types=session.types, worker_id=session.worker_id, limit=limit
         )
         session.credit -= len(jobs)
+        await self._deliver(session, queue, jobs)
+        return len(jobs)
+
+    async def _deliver(self, session: Session, queue: str, jobs: Sequence[Job]) -> None:
+        """Sends the jobs a claim for `session` leased (none: it came back empty)."""
         metrics.LEASE_CLAIMS.labels(queue, "jobs" if jobs else "empty").inc()
         if jobs and session.closed:
             # The stream ended while we claimed: hand the leases the short grace.
@@ -298,4 +387,3 @@ class Dispatcher:
         else:
             for one in leased:
                 session.send(convert.message(leases_pb2.LeaseResponse, {"job": one}))
-        return len(jobs)

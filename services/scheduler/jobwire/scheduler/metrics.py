@@ -92,8 +92,9 @@ LEASE_EXPIRIES = Counter(
 )
 LEASE_CLAIMS = Counter(
     "jobwire_lease_claims",
-    "Claim statements the dispatcher ran for a stream, by whether they found jobs or came "
-    "back empty (empty ones are database round trips spent on nothing).",
+    "Claim statements run for a stream (by the dispatcher, or in a submit's own transaction "
+    "for a stream idle on its queue), by whether they found jobs or came back empty (empty "
+    "ones are database round trips spent on nothing).",
     ["queue", "result"],
 )
 JOB_START_LATENCY = Histogram(

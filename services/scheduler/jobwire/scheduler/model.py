@@ -228,6 +228,16 @@ class Submitted:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Claim:
+    """Up to `limit` ready jobs of `queue` and `types`, to be leased to `worker_id`."""
+
+    queue: str
+    types: tuple[str, ...]
+    worker_id: str
+    limit: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Ack:
     job_id: UUID
     lease_token: UUID

@@ -37,6 +37,7 @@ from .ids import new_id, new_ids
 from .model import (
     Ack,
     Attempt,
+    Claim,
     Expired,
     Extended,
     Extension,
@@ -210,6 +211,48 @@ class Store:
             _count_submitted(jobs)
             return [Submitted(job_id=i, job=None, created=True) for i in ids]
         digests = [job.digest() if job.idempotency_key else None for job in jobs]
+        insert, params = self._insert(jobs, ids, digests)
+        if keyed:
+            results = await self._submit_keyed(jobs, insert, ids, digests, params, full=full)
+        else:
+            # Nothing can conflict: one statement inserts and notifies, atomic by itself.
+            async with self._conn() as conn:
+                rows = await self._rows(conn, _keyless(insert, full=full), params)
+            results = _submitted(ids, rows, full=full)
+        _count_submitted([job for job, r in zip(jobs, results, strict=True) if r.created])
+        return results
+
+    async def submit_and_lease(
+        self, jobs: Sequence[NewJob], claims: Sequence[Claim], *, full: bool = True
+    ) -> tuple[list[Submitted], list[list[Job]]]:
+        """Inserts key-less `jobs`, then leases `claims` in the same transaction: jobs handed
+        to idle workers cost one commit instead of two, and their start waits for no
+        claim after the submit's. The claims are the ordinary ones (priority order, skip
+        locked), so an older or more urgent ready job still goes first. Returns the
+        submits and, per claim, the jobs it leased."""
+        if any(job.idempotency_key for job in jobs):
+            raise ValueError("jobs with idempotency keys are not submitted with leases")
+        ids = new_ids(len(jobs))
+        insert, params = self._insert(jobs, ids, [None] * len(jobs))
+        async with self._conn() as conn:
+            # Pipelined: the statements go out together and PostgreSQL runs everything
+            # before the pipeline's one Sync as one transaction, committed at the Sync (or
+            # rolled back whole if a statement fails). One round trip, one WAL flush.
+            async with conn.pipeline():
+                inserting = await conn.execute(QUERIES[_keyless(insert, full=full)], params)
+                leasing = [await conn.execute(QUERIES["lease_jobs"], _claim(c)) for c in claims]
+            results = _submitted(ids, await inserting.fetchall(), full=full)
+            leased = [[Job.from_row(r) for r in await cursor.fetchall()] for cursor in leasing]
+        _count_submitted(jobs)
+        for claim, claimed in zip(claims, leased, strict=True):
+            _count_leased(claim.queue, claimed)
+        return results, leased
+
+    def _insert(
+        self, jobs: Sequence[NewJob], ids: list[UUID], digests: list[bytes | None]
+    ) -> tuple[str, dict[str, Any]]:
+        """The insert statement for `jobs` and its parameters: scalar for one job, arrays
+        for several."""
         if len(jobs) == 1:
             insert = "insert_job"
             params = {column: get(jobs[0]) for column, get in _JOB_COLUMNS.items()}
@@ -219,17 +262,7 @@ class Store:
             params = {column: [get(job) for job in jobs] for column, get in _JOB_COLUMNS.items()}
             params.update(id=ids, spec_digest=digests)
         params["origin"] = self.origin
-        if keyed:
-            results = await self._submit_keyed(jobs, insert, ids, digests, params, full=full)
-        else:
-            # Nothing can conflict: one statement inserts and notifies, atomic by itself.
-            query = insert + ("_notify" if full else "_notify_returning_id")
-            async with self._conn() as conn:
-                rows = await self._rows(conn, query, params)
-            stored = {row["id"]: Job.from_row(row) if full else None for row in rows}
-            results = [Submitted(job_id=i, job=stored[i], created=True) for i in ids]
-        _count_submitted([job for job, r in zip(jobs, results, strict=True) if r.created])
-        return results
+        return insert, params
 
     async def _copy_in(self, jobs: Sequence[NewJob], ids: list[UUID]) -> None:
         """Inserts a big key-less batch with COPY: about half the client CPU per row of
@@ -415,18 +448,10 @@ class Store:
     async def lease(
         self, *, queue: str, types: Sequence[str], worker_id: str, limit: int
     ) -> list[Job]:
-        params = {"queue": queue, "types": list(types), "worker_id": worker_id, "limit": limit}
+        params = _claim(Claim(queue=queue, types=tuple(types), worker_id=worker_id, limit=limit))
         async with self._conn(relaxed=True) as conn:
             jobs = [Job.from_row(r) for r in await self._rows(conn, "lease_jobs", params)]
-        if jobs:
-            metrics.count(metrics.JOBS_LEASED, ((queue, j.type) for j in jobs))
-            latency = metrics.JOB_START_LATENCY.labels(queue)
-            for j in jobs:
-                # The database's clock on both ends: the lease began at deadline - timeout.
-                assert j.lease_deadline is not None
-                latency.observe(
-                    max(0.0, (j.lease_deadline - j.lease_timeout - j.ready_at).total_seconds())
-                )
+        _count_leased(queue, jobs)
         return jobs
 
     async def ack(self, items: Sequence[Ack], *, atomic: bool) -> list[Refusal]:
@@ -645,6 +670,38 @@ def _due_now(row: dict[str, Any]) -> bool:
 
 def _count_submitted(jobs: Iterable[NewJob]) -> None:
     metrics.count(metrics.JOBS_SUBMITTED, ((job.queue, job.type) for job in jobs))
+
+
+def _keyless(insert: str, *, full: bool) -> str:
+    """The statement inserting key-less jobs and notifying other replicas of them."""
+    return insert + ("_notify" if full else "_notify_returning_id")
+
+
+def _submitted(ids: list[UUID], rows: list[dict[str, Any]], *, full: bool) -> list[Submitted]:
+    """Key-less jobs as inserted: all created, whole or ids only as the caller asked."""
+    stored = {row["id"]: Job.from_row(row) if full else None for row in rows}
+    return [Submitted(job_id=i, job=stored[i], created=True) for i in ids]
+
+
+def _claim(claim: Claim) -> dict[str, Any]:
+    """The parameters of lease_jobs."""
+    return {
+        "queue": claim.queue,
+        "types": list(claim.types),
+        "worker_id": claim.worker_id,
+        "limit": claim.limit,
+    }
+
+
+def _count_leased(queue: str, jobs: Sequence[Job]) -> None:
+    if not jobs:
+        return
+    metrics.count(metrics.JOBS_LEASED, ((queue, j.type) for j in jobs))
+    latency = metrics.JOB_START_LATENCY.labels(queue)
+    for j in jobs:
+        # The database's clock on both ends: the lease began at deadline - timeout.
+        assert j.lease_deadline is not None
+        latency.observe(max(0.0, (j.lease_deadline - j.lease_timeout - j.ready_at).total_seconds()))
 
 
 def _refusal(row: dict[str, Any], same_outcome: set[Outcome]) -> Refusal:
