@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -376,17 +375,6 @@ def target(scheduler: Any) -> str:
 def client(target: str) -> Iterator[Client]:
     with Client(target) as c:
         yield c
-
-
-def wait_for(condition: Any, *, timeout: float = 10.0, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.02)
 
 
 def test_submit_prints_the_id(

@@ -50,6 +50,8 @@ from jobwire.client import (
 from jobwire.client.errors import from_rpc_error
 from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc, leases_pb2
 
+from tests.support import wait_for
+
 # -- public surface -----------------------------------------------------------------------
 
 
@@ -616,17 +618,6 @@ def test_unreachable_scheduler_is_unavailable() -> None:
 def client(scheduler: Any) -> Iterator[Client]:
     with Client(scheduler.target) as c:
         yield c
-
-
-def wait_for(condition: Any, *, timeout: float = 10.0, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.02)
 
 
 def test_submit_and_get(client: Client) -> None:

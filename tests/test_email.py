@@ -4,7 +4,6 @@ server, STARTTLS and AUTH, payload checks; and end to end through a scheduler.""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.message
 import email.policy
@@ -39,7 +38,7 @@ from jobwire.worker.mailer import SmtpSettings
 
 from tests.processes import free_port
 from tests.support import wait_for
-from tests.test_worker_integration import Producer
+from tests.test_worker_integration import Producer, WorkerThread
 
 SERVER_NAME = "smtp.test"
 USERNAME = "mailer"
@@ -693,25 +692,11 @@ class Jobs(Producer):
 def running_worker(target: str, settings: SmtpSettings) -> Iterator[Worker]:
     worker = Worker(target, concurrency=2)
     register_builtins(worker, smtp=settings)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(worker.run())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="email-worker", daemon=True)
-    thread.start()
+    running = WorkerThread(worker).start()
     try:
-        wait_for(lambda: worker.connected, message="the worker to connect")
         yield worker
     finally:
-        worker.shutdown()
-        thread.join(30)
-        assert not thread.is_alive(), "worker did not stop"
-        if errors:
-            raise errors[0]
+        running.stop()
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ else:
 
     def hot_record(**options: Any) -> Any:
         """A frozen dataclass for the type checker, which refuses assignments to it; a
-        plain one with slots at run time (so not hashable). Jobs are built from rows on
-        every lease, get, list and submit, and a frozen dataclass sets each field through
-        object.__setattr__: Job.from_row took 7.8 us against 3.3 us."""
+        plain one with slots at run time (so not hashable). For the records made once per
+        job on hot paths (a submit of 1,000 jobs makes 1,000 of each): a frozen dataclass
+        sets each field through object.__setattr__, so Job.from_row took 7.8 us against
+        3.3 us, and a NewJob 3.3 us against 1.2 us."""
         return dataclass(**{**options, "frozen": False, "slots": True})
 
 
@@ -53,7 +54,7 @@ class Backoff:
     jitter: float = 0.2
 
 
-@dataclass(frozen=True, kw_only=True)
+@hot_record(frozen=True, kw_only=True)
 class NewJob:
     """A validated submission, defaults filled in."""
 
@@ -219,7 +220,7 @@ class Job:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@hot_record(frozen=True, kw_only=True)
 class Submitted:
     job_id: UUID
     created: bool
