@@ -42,6 +42,14 @@ EXPECTED = {
         "oldest_finished_s",
         "rows_bounded",
     ],
+    "floors": [
+        "noop_rpc_per_s",
+        "noop_rpc_us",
+        "db_jobs_per_s",
+        "db_us_per_job",
+        "rpc_rtt_ms",
+        "commit_ms",
+    ],
 }
 
 
@@ -77,6 +85,9 @@ def test_every_scenario_runs_and_reports_numbers(tmp_path: Path) -> None:
             "--mixed-seconds", "3",
             "--mixed-window", "1",
             "--mixed-rate", "200",
+            "--floor-calls", "200",
+            "--floor-jobs", "500",
+            "--floor-paced", "20",
         ],
         cwd=tmp_path,
         capture_output=True,

@@ -25,7 +25,15 @@ from typing import Any
 
 from jobwire.cli.options import env_flag, non_negative_int, positive_float, positive_int
 
-SCENARIO_NAMES = ("drain", "submit-single", "submit-batch", "latency", "growth", "mixed")
+SCENARIO_NAMES = (
+    "drain",
+    "submit-single",
+    "submit-batch",
+    "latency",
+    "growth",
+    "mixed",
+    "floors",
+)
 
 
 def _scenario_names(raw: str) -> list[str]:
@@ -123,6 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          "mixed: how long producers submit"),
         ("--mixed-window", "mixed_window", 5.0, positive_float,
          "mixed: seconds between latency and row count samples"),
+        ("--floor-calls", "floor_calls", 12_000, positive_int,
+         "floors: no-op RPCs made (by --single-producers producers)"),
+        ("--floor-jobs", "floor_jobs", 40_000, positive_int,
+         "floors: jobs PostgreSQL leases and acks on its own"),
+        ("--floor-paced", "floor_paced", 300, positive_int,
+         "floors: paced round trips and commits measured (at --latency-rate)"),
     ]  # fmt: skip
     for flag, dest, default, kind, text in sizes:
         env_flag(
@@ -161,7 +175,8 @@ def register(subparsers: Any) -> None:
             "Start PostgreSQL (embedded unless --database-url), the scheduler and workers "
             "as real processes, run the scenarios through the public gRPC API, print the "
             "median and spread of every figure and write them to --json. Scenarios: "
-            "drain, submit-single, submit-batch, latency, growth, mixed."
+            "drain, submit-single, submit-batch, latency, growth, mixed, and floors (what "
+            "this machine gives gRPC and PostgreSQL alone, to read the others against)."
         ),
     )
     add_arguments(parser)
@@ -180,8 +195,11 @@ def run(args: argparse.Namespace) -> int:
     """Runs the benchmark described by parsed arguments; 0 when every run completed
     (whether or not targets were met), 1 when a run failed, 130 when interrupted."""
     from . import bench_report as report
+    from .bench_floors import floors
     from .bench_scenarios import LEASE_CLOCK_NOTE, SCENARIOS, Bench, RunResult, Sizes
     from .bench_stack import Stack
+
+    scenarios = {**SCENARIOS, "floors": floors}
 
     names = [n for n in SCENARIO_NAMES if n in set(args.scenarios or SCENARIO_NAMES)]
     sizes = Sizes(**{f.name: getattr(args, f.name) for f in fields(Sizes) if hasattr(args, f.name)})
@@ -208,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                 bench.label = f"{name} {index + 1}/{args.runs}"
                 began = time.monotonic()
                 try:
-                    result: RunResult = SCENARIOS[name](bench)
+                    result: RunResult = scenarios[name](bench)
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:

@@ -85,6 +85,12 @@ FIGURES: tuple[Figure, ...] = (
     Figure("mixed", "retained_max", "rows not pending, highest", "rows"),
     Figure("mixed", "oldest_finished_s", "oldest finished row, highest age", "s"),
     Figure("mixed", "rows_bounded", "finished rows pruned in time", "", Target("==", True)),
+    Figure("floors", "noop_rpc_per_s", "no-op RPCs (Health/Check), same producers", "calls/s"),
+    Figure("floors", "noop_rpc_us", "scheduler CPU per no-op RPC", "µs"),
+    Figure("floors", "db_jobs_per_s", "PostgreSQL alone: lease + ack", "jobs/s"),
+    Figure("floors", "db_us_per_job", "PostgreSQL CPU per job, alone", "µs"),
+    Figure("floors", "rpc_rtt_ms", "no-op RPC there and back, paced p50", "ms"),
+    Figure("floors", "commit_ms", "committed one-row insert, paced p50", "ms"),
 )
 
 

@@ -59,6 +59,9 @@ class Sizes:
     mixed_window: float = 5.0
     mixed_retention: str = "10s"
     mixed_prune_interval: str = "1s"
+    floor_calls: int = 12_000
+    floor_jobs: int = 40_000
+    floor_paced: int = 300
 
 
 @dataclass
@@ -175,7 +178,7 @@ def _epoch(conn: psycopg.Connection[Any], sql: LiteralString, params: Any = None
 
 
 @contextlib.contextmanager
-def _database(bench: Bench) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
+def database(bench: Bench) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
     """A fresh database and an autocommit connection to it; stops this run's processes
     before the database goes."""
     with bench.stack.database() as url:
@@ -186,27 +189,37 @@ def _database(bench: Bench) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
             bench.stack.stop_processes()
 
 
-def _producers(
-    target: str, calls: int, per_call: int, threads: int, bar: tqdm[Any]
+def producers(
+    target: str,
+    calls: int,
+    per_call: int,
+    threads: int,
+    bar: tqdm[Any],
+    *,
+    make_call: Callable[[grpc.Channel], Callable[[], object]] | None = None,
 ) -> tuple[float, int]:
-    """`threads` producers, each with its own channel, make `calls` Submit calls of
-    `per_call` jobs between them. Returns (seconds from the common start to the last
-    reply, jobs submitted)."""
+    """`threads` producers, each with its own channel, make `calls` calls between them: a
+    Submit of `per_call` jobs, or what `make_call(channel)` returns. Returns (seconds from
+    the common start to the last reply, items sent: jobs, or calls with `make_call`)."""
     shares = [calls // threads + (1 if i < calls % threads else 0) for i in range(threads)]
     done = [0] * threads
     ends = [0.0] * threads
     errors: list[BaseException] = []
     start = threading.Barrier(threads + 1)
-    req = request(per_call)
+
+    def submit(channel: grpc.Channel) -> Callable[[], object]:
+        stub = jobs_pb2_grpc.JobsStub(channel)
+        req = request(per_call)
+        return lambda: stub.Submit(req, timeout=RPC_TIMEOUT)
 
     def produce(index: int) -> None:
         try:
             with grpc.insecure_channel(target) as channel:
                 grpc.channel_ready_future(channel).result(timeout=10)
-                stub = jobs_pb2_grpc.JobsStub(channel)
+                call = (make_call or submit)(channel)
                 start.wait()
                 for _ in range(shares[index]):
-                    stub.Submit(req, timeout=RPC_TIMEOUT)
+                    call()
                     done[index] += per_call
                 ends[index] = time.perf_counter()
         except BaseException as exc:
@@ -238,7 +251,7 @@ def drain(bench: Bench) -> RunResult:
     """N jobs submitted first, then one worker: jobs/s from the first lease to the last
     success, as PostgreSQL recorded them."""
     stack, n = bench.stack, bench.sizes.drain_jobs
-    with _database(bench) as (url, conn):
+    with database(bench) as (url, conn):
         scheduler, target = stack.scheduler(url)
         with bench.bar(n, "submitted") as bar, grpc.insecure_channel(target) as channel:
             submit_batches(jobs_pb2_grpc.JobsStub(channel), n, bar)
@@ -258,12 +271,12 @@ def drain(bench: Bench) -> RunResult:
 def _submit_throughput(bench: Bench, *, jobs: int, per_call: int, threads: int) -> RunResult:
     stack = bench.stack
     calls = -(-jobs // per_call)
-    with _database(bench) as (url, conn):
+    with database(bench) as (url, conn):
         scheduler, target = stack.scheduler(url)
         meter = stack.meter(scheduler=scheduler.pid)
         meter.start()
         with bench.bar(calls * per_call) as bar:
-            seconds, submitted = _producers(target, calls, per_call, threads, bar)
+            seconds, submitted = producers(target, calls, per_call, threads, bar)
         cpu = meter.stop()
         stored = _count(conn, "SELECT count(*) FROM jobwire_jobs")
         if stored != submitted:
@@ -329,7 +342,7 @@ def latency(bench: Bench) -> RunResult:
     worker's clock, from a handler that answers with it)."""
     stack, s = bench.stack, bench.sizes
     warmup = 20
-    with _database(bench) as (url, conn):
+    with database(bench) as (url, conn):
         scheduler, target = stack.scheduler(url)
         worker = bench.worker(target, "bench-latency", stamp=True)
         procs = [scheduler, worker]
@@ -385,7 +398,7 @@ def latency(bench: Bench) -> RunResult:
 # submission time, and the id is a UUIDv7 of that millisecond as the scheduler makes it
 # (written out rather than uuidv7(), which only PostgreSQL 18 has). Random ids would
 # spread the drain over the whole of the big indexes, which no scheduler-made backlog does.
-_BACKLOG = """
+BACKLOG = """
 INSERT INTO jobwire_jobs (
     id, queue, type, payload, payload_type, run_at, max_attempts,
     backoff_initial, backoff_max, backoff_multiplier, backoff_jitter, lease_timeout
@@ -422,13 +435,13 @@ def growth(bench: Bench) -> RunResult:
     stack, s = bench.stack, bench.sizes
     rows = s.growth_rows
     n = min(s.growth_drain, rows)
-    with _database(bench) as (url, conn):
+    with database(bench) as (url, conn):
         began = time.monotonic()
         chunk = 100_000
         with bench.bar(rows, "rows inserted") as bar:
             for first in range(1, rows + 1, chunk):
                 last = min(rows, first + chunk - 1)
-                conn.execute(_BACKLOG, {"queue": QUEUE, "rows": rows, "first": first, "last": last})
+                conn.execute(BACKLOG, {"queue": QUEUE, "rows": rows, "first": first, "last": last})
                 bar.update(last - first + 1)
         conn.execute("VACUUM (ANALYZE) jobwire_jobs")
         setup_seconds = time.monotonic() - began
@@ -520,7 +533,7 @@ def mixed(bench: Bench) -> RunResult:
     window and the table's size over time."""
     stack, s = bench.stack, bench.sizes
     extra = ["--retention", s.mixed_retention, "--prune-interval", s.mixed_prune_interval]
-    with _database(bench) as (url, conn):
+    with database(bench) as (url, conn):
         scheduler, target = stack.scheduler(url, extra)
         worker = bench.worker(target, "bench-mixed")
         procs = [scheduler, worker]
