@@ -230,7 +230,7 @@ class Dispatcher:
     async def submit(self, jobs: Sequence[NewJob], *, full: bool) -> list[Submitted]:
         """Inserts key-less `jobs` (see `Store.submit`). Streams idle on the queue of a job
         due now get their claim in the same transaction; every other stream of those
-        queues is woken as for any submit."""
+        queues is woken as for any submit. Nothing raises once the insert has committed."""
         handoffs = self._plan_handoffs(jobs)
         if not handoffs:
             submitted = await self._store.submit(jobs, full=full)
@@ -242,8 +242,13 @@ class Dispatcher:
             )
         except BaseException:
             for handoff in handoffs:
-                handoff.session.credit += handoff.claim.limit
+                _give_back(handoff.session, handoff.claim.limit)
             raise
+        if leased is None:  # the claims failed and the jobs went in without them
+            for handoff in handoffs:
+                _give_back(handoff.session, handoff.claim.limit)
+            self.wake({job.queue for job in jobs})
+            return submitted
         # Claims that came back short found every job of their queue that was ready: their
         # streams stay idle there, unless something else became ready meanwhile.
         idle = [
@@ -255,7 +260,7 @@ class Dispatcher:
         for handoff in idle:
             handoff.session.exhausted[handoff.claim.queue] = self._readiness(handoff.claim.queue)
         for handoff, claimed in zip(handoffs, leased, strict=True):
-            handoff.session.credit += handoff.claim.limit - len(claimed)
+            _give_back(handoff.session, handoff.claim.limit - len(claimed))
         for handoff, claimed in zip(handoffs, leased, strict=True):
             await self._deliver(handoff.session, handoff.claim.queue, claimed)
         return submitted
@@ -289,7 +294,7 @@ class Dispatcher:
                 # back short shows the queue empty again, as the dispatcher's would.
                 limit = min(session.credit, LEASE_CHUNK)
                 session.credit -= limit
-                left -= wanted
+                left -= min(wanted, limit)
                 claim = Claim(
                     queue=queue, types=session.types, worker_id=session.worker_id, limit=limit
                 )
@@ -313,6 +318,9 @@ class Dispatcher:
                 await self._dispatch_once()
             except SchedulerError as exc:
                 log.warning("leasing paused: %s", exc)
+                await asyncio.sleep(self._poll_interval)
+            except Exception:  # an error the store does not expect must not end leasing
+                log.exception("leasing failed; trying again in %g s", self._poll_interval)
                 await asyncio.sleep(self._poll_interval)
 
     async def _dispatch_once(self) -> None:
@@ -344,11 +352,17 @@ class Dispatcher:
 
     async def _lease(self, session: Session, queue: str, limit: int) -> int:
         """Claims up to `limit` jobs of `queue` for `session` and sends them; returns how
-        many it claimed."""
-        jobs = await self._store.lease(
-            queue=queue, types=session.types, worker_id=session.worker_id, limit=limit
-        )
-        session.credit -= len(jobs)
+        many it claimed. The credit is set aside during the claim, so that a submit's claim
+        for another queue of the same stream (see `submit`) cannot spend it too."""
+        session.credit -= limit
+        try:
+            jobs = await self._store.lease(
+                queue=queue, types=session.types, worker_id=session.worker_id, limit=limit
+            )
+        except BaseException:
+            _give_back(session, limit)
+            raise
+        _give_back(session, limit - len(jobs))
         await self._deliver(session, queue, jobs)
         return len(jobs)
 
@@ -357,11 +371,15 @@ class Dispatcher:
         metrics.LEASE_CLAIMS.labels(queue, "jobs" if jobs else "empty").inc()
         if jobs and session.closed:
             # The stream ended while we claimed: hand the leases the short grace.
-            await self._store.pull_in_leases(
-                worker_id=session.worker_id,
-                grace=self._stream_grace,
-                keep=self.held_elsewhere(session),
-            )
+            try:
+                await self._store.pull_in_leases(
+                    worker_id=session.worker_id,
+                    grace=self._stream_grace,
+                    keep=self.held_elsewhere(session),
+                )
+            except SchedulerError as exc:
+                # The leases keep their full deadline; the reaper still ends them.
+                log.warning("could not shorten leases of %s: %s", session.worker_id, exc)
         leased: list[dict[str, Any]] = []
         for job in jobs:
             assert job.lease_token is not None
@@ -387,3 +405,10 @@ class Dispatcher:
         else:
             for one in leased:
                 session.send(convert.message(leases_pb2.LeaseResponse, {"job": one}))
+
+
+def _give_back(session: Session, credit: int) -> None:
+    """Returns credit set aside for a claim and not used. A stream that started draining
+    meanwhile keeps none: it takes no more jobs."""
+    if not session.draining:
+        session.credit += credit

@@ -224,25 +224,34 @@ class Store:
 
     async def submit_and_lease(
         self, jobs: Sequence[NewJob], claims: Sequence[Claim], *, full: bool = True
-    ) -> tuple[list[Submitted], list[list[Job]]]:
+    ) -> tuple[list[Submitted], list[list[Job]] | None]:
         """Inserts key-less `jobs`, then leases `claims` in the same transaction: jobs handed
         to idle workers cost one commit instead of two, and their start waits for no
         claim after the submit's. The claims are the ordinary ones (priority order, skip
         locked), so an older or more urgent ready job still goes first. Returns the
-        submits and, per claim, the jobs it leased."""
+        submits and, per claim, the jobs it leased; or None instead of the leases when the
+        transaction failed in PostgreSQL (rolled back whole) and the jobs went in alone,
+        as the claims' trouble must not cost the producer its submit."""
         if any(job.idempotency_key for job in jobs):
             raise ValueError("jobs with idempotency keys are not submitted with leases")
         ids = new_ids(len(jobs))
         insert, params = self._insert(jobs, ids, [None] * len(jobs))
-        async with self._conn() as conn:
-            # Pipelined: the statements go out together and PostgreSQL runs everything
-            # before the pipeline's one Sync as one transaction, committed at the Sync (or
-            # rolled back whole if a statement fails). One round trip, one WAL flush.
-            async with conn.pipeline():
-                inserting = await conn.execute(QUERIES[_keyless(insert, full=full)], params)
-                leasing = [await conn.execute(QUERIES["lease_jobs"], _claim(c)) for c in claims]
-            results = _submitted(ids, await inserting.fetchall(), full=full)
-            leased = [[Job.from_row(r) for r in await cursor.fetchall()] for cursor in leasing]
+        try:
+            async with self._conn() as conn:
+                # Pipelined: the statements go out together and PostgreSQL runs everything
+                # before the pipeline's one Sync as one transaction, committed at the Sync
+                # (or rolled back whole if a statement fails). One round trip, one flush.
+                async with conn.pipeline():
+                    inserting = await conn.execute(QUERIES[_keyless(insert, full=full)], params)
+                    leasing = [await conn.execute(QUERIES["lease_jobs"], _claim(c)) for c in claims]
+                results = _submitted(ids, await inserting.fetchall(), full=full)
+                leased = [[Job.from_row(r) for r in await cursor.fetchall()] for cursor in leasing]
+        except (SchedulerError, psycopg.Error) as exc:
+            failure = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+            if not isinstance(failure, psycopg.Error) or failure.sqlstate is None:
+                raise  # not reported by PostgreSQL (a lost connection): the outcome is unknown
+            log.warning("a submit with leases failed (%s); submitting without them", exc)
+            return await self.submit(jobs, full=full), None
         _count_submitted(jobs)
         for claim, claimed in zip(claims, leased, strict=True):
             _count_leased(claim.queue, claimed)
