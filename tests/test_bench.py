@@ -29,7 +29,7 @@ EXPECTED = {
         "handler_p99_ms",
         "handler_max_ms",
     ],
-    "growth": ["index_scan", "jobs_per_s", "vs_drain_pct"],
+    "growth": ["index_scan", "jobs_per_s", "small_jobs_per_s", "vs_drain_pct"],
     "mixed": [
         "first_p50_ms",
         "last_p99_ms",

@@ -258,7 +258,6 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous)
 
-    _relate_growth_to_drain(results)
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for figure in report.FIGURES:
         runs = results.get(figure.scenario)
@@ -293,18 +292,6 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return 1 if failed else 0
-
-
-def _relate_growth_to_drain(results: dict[str, list[dict[str, Any]]]) -> None:
-    """Each growth run's throughput as a percentage of the drain median."""
-    import statistics
-
-    drains = [r["figures"]["jobs_per_s"] for r in results.get("drain", []) if "figures" in r]
-    reference = statistics.median(drains) if drains else None
-    for entry in results.get("growth", []):
-        if "figures" in entry:
-            rate = entry["figures"]["jobs_per_s"]
-            entry["figures"]["vs_drain_pct"] = 100.0 * rate / reference if reference else None
 
 
 def _one_line(label: str, result: Any) -> str:

@@ -133,13 +133,15 @@ def wait_succeeded(
     bar: tqdm[Any] | None = None,
     *,
     on_first: Callable[[], None] | None = None,
+    already: int = 0,
 ) -> None:
-    """Polls a cheap count until `want` attempts have succeeded; calls `on_first` as soon
-    as one has. Fails when a process dies or nothing moves for STALL_SECONDS."""
+    """Polls a cheap count until `want` attempts have succeeded beyond the `already`
+    succeeded before; calls `on_first` as soon as one has. Fails when a process dies or
+    nothing moves for STALL_SECONDS."""
     seen = -1
     moved = time.monotonic()
     while True:
-        done = _count(conn, COUNT_SUCCEEDED)
+        done = _count(conn, COUNT_SUCCEEDED) - already
         if done != seen:
             seen, moved = done, time.monotonic()
             if bar is not None:
@@ -430,47 +432,78 @@ def explain_lease(url: str, limit: int) -> str:
 
 
 def growth(bench: Bench) -> RunResult:
-    """A large backlog (inserted with SQL: setup, not measured), the leasing plan on it,
-    then one worker drains part of it: jobs/s with the backlog."""
-    stack, s = bench.stack, bench.sizes
+    """The same drain twice in one run, back to back: from a table holding just the jobs
+    drained, then from a large backlog (both inserted with SQL: setup, not measured), with
+    the leasing plan on the backlog. The machine's speed drifts over minutes, so the
+    backlog's figure is compared with the one taken right before it rather than with the
+    drain scenario's."""
+    s = bench.sizes
     rows = s.growth_rows
     n = min(s.growth_drain, rows)
     with database(bench) as (url, conn):
+        _backlog(conn, n, bench.bar(n, "rows inserted"))
+        small_seconds, _ = _drain_backlog(bench, url, conn, n, already=0)
         began = time.monotonic()
-        chunk = 100_000
-        with bench.bar(rows, "rows inserted") as bar:
-            for first in range(1, rows + 1, chunk):
-                last = min(rows, first + chunk - 1)
-                conn.execute(BACKLOG, {"queue": QUEUE, "rows": rows, "first": first, "last": last})
-                bar.update(last - first + 1)
-        conn.execute("VACUUM (ANALYZE) jobwire_jobs")
+        _backlog(conn, rows, bench.bar(rows, "rows inserted"))
         setup_seconds = time.monotonic() - began
         plan = explain_lease(url, s.concurrency)
-        scheduler, target = stack.scheduler(url)
-        worker = bench.worker(target, "bench-growth")
-        meter = stack.meter(scheduler=scheduler.pid, worker=worker.pid)
-        with bench.bar(n) as bar:
-            wait_succeeded(conn, n, [scheduler, worker], bar, on_first=meter.start)
-        cpu = meter.stop()
-        worker.stop()
-        seconds = _epoch(
-            conn,
-            "SELECT extract(epoch FROM (SELECT finished_at FROM jobwire_jobs"
-            " WHERE finished_at IS NOT NULL ORDER BY finished_at OFFSET %s LIMIT 1)"
-            " - (SELECT min(started_at) FROM jobwire_attempts))",
-            (n - 1,),
-        )
+        seconds, cpu = _drain_backlog(bench, url, conn, n, already=n)
     return RunResult(
-        {"index_scan": INDEX_SCAN in plan, "jobs_per_s": n / seconds},
+        {
+            "index_scan": INDEX_SCAN in plan,
+            "jobs_per_s": n / seconds,
+            "small_jobs_per_s": n / small_seconds,
+            "vs_drain_pct": 100.0 * small_seconds / seconds,
+        },
         {
             "rows": rows,
             "drained": n,
             "seconds": round(seconds, 4),
+            "small_table_seconds": round(small_seconds, 4),
             "setup_seconds": round(setup_seconds, 2),
             "plan": plan,
         },
         cpu,
     )
+
+
+def _backlog(conn: psycopg.Connection[Any], rows: int, bar: tqdm[Any]) -> None:
+    """`rows` pending jobs, as if submitted one a millisecond until now; then VACUUM
+    ANALYZE, so that the plan is the one of a table at rest."""
+    chunk = 100_000
+    with bar:
+        for first in range(1, rows + 1, chunk):
+            last = min(rows, first + chunk - 1)
+            conn.execute(BACKLOG, {"queue": QUEUE, "rows": rows, "first": first, "last": last})
+            bar.update(last - first + 1)
+    conn.execute("VACUUM (ANALYZE) jobwire_jobs")
+
+
+def _drain_backlog(
+    bench: Bench, url: str, conn: psycopg.Connection[Any], n: int, *, already: int
+) -> tuple[float, dict[str, float]]:
+    """A scheduler and one worker drain `n` jobs (`already` having succeeded before);
+    returns the seconds from the first lease to the n-th success, as PostgreSQL recorded
+    them, and the processes' CPU. Both processes stop after."""
+    stack = bench.stack
+    since = _epoch(conn, "SELECT extract(epoch FROM clock_timestamp())")
+    scheduler, target = stack.scheduler(url)
+    worker = bench.worker(target, "bench-growth")
+    meter = stack.meter(scheduler=scheduler.pid, worker=worker.pid)
+    with bench.bar(n) as bar:
+        wait_succeeded(conn, n, [scheduler, worker], bar, on_first=meter.start, already=already)
+    cpu = meter.stop()
+    stack.stop_processes()
+    seconds = _epoch(
+        conn,
+        "SELECT extract(epoch FROM (SELECT finished_at FROM jobwire_jobs"
+        " WHERE finished_at >= to_timestamp(%(since)s) ORDER BY finished_at"
+        " OFFSET %(n)s - 1 LIMIT 1)"
+        " - (SELECT min(started_at) FROM jobwire_attempts"
+        " WHERE started_at >= to_timestamp(%(since)s)))",
+        {"since": since, "n": n},
+    )
+    return seconds, cpu
 
 
 _WINDOW = """
