@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.rows import dict_row
 
 from .bench_report import percentile
-from .bench_scenarios import BACKLOG, QUEUE, Bench, RunResult, database, producers
+from .bench_scenarios import BACKLOG, QUEUE, Bench, RunResult, database, paced, producers
 from .bench_stack import BenchError, CpuMeter
 from .queries import QUERIES
 
@@ -108,11 +108,7 @@ def _per_item_us(cpu_pct: float | None, seconds: float, items: int) -> float | N
 def _paced(call: Callable[[], object], count: int, rate: float) -> float:
     """The median time of `call` in ms, made `count` times at `rate` per second."""
     times: list[float] = []
-    began = time.monotonic()
-    for i in range(count):
-        pause = began + i / rate - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
+    for _ in paced(count, rate):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)

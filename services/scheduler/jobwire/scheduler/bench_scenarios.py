@@ -319,6 +319,16 @@ def _ms(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def paced(count: int, rate: float) -> Iterator[int]:
+    """0 to count - 1, each no sooner than its turn at `rate` per second."""
+    began = time.monotonic()
+    for i in range(count):
+        pause = began + i / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        yield i
+
+
 def _paced_submits(
     stub: jobs_pb2_grpc.JobsStub, count: int, rate: float, job_type: str, bar: tqdm[Any]
 ) -> dict[str, float]:
@@ -326,11 +336,7 @@ def _paced_submits(
     producer's clock (time.time()) just before the call was sent."""
     req = request(1, job_type)
     sent: dict[str, float] = {}
-    began = time.monotonic()
-    for i in range(count):
-        pause = began + i / rate - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
+    for _ in paced(count, rate):
         at = time.time()
         reply = stub.Submit(req, timeout=RPC_TIMEOUT)
         sent[reply.results[0].job.id] = at
