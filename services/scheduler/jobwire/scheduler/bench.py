@@ -124,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--growth-rows", "growth_rows", 1_000_000, positive_int,
          "growth: pending jobs inserted before the drain"),
         ("--growth-drain", "growth_drain", 20_000, positive_int,
-         "growth: jobs drained from the backlog"),
+         "growth: jobs drained from a table of just them, then from the backlog"),
         ("--mixed-rate", "mixed_rate", 2000.0, positive_float,
          "mixed: jobs submitted per second"),
         ("--mixed-seconds", "mixed_seconds", 60.0, positive_float,
