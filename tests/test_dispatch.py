@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -31,6 +32,14 @@ def submit(scheduler: SchedulerThread, queue: str, **fields: object) -> str:
     return str(reply.results[0].job.id)
 
 
+def idle_worker(scheduler: SchedulerThread, queue: str, **hello: Any) -> StreamClient:
+    """A stream on `queue` whose first claim has found it empty: claims counted from here
+    on are the test's."""
+    worker = StreamClient(scheduler.target, queues=(queue,), **hello)
+    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    return worker
+
+
 def credit(worker: StreamClient, n: int = 1) -> None:
     worker.send(leases_pb2.LeaseRequest(credit=leases_pb2.Credit(credits=n)))
 
@@ -48,9 +57,7 @@ def slow_poll(database_url: str) -> Iterator[SchedulerThread]:
 
 def test_an_idle_worker_costs_one_claim_per_job(slow_poll: SchedulerThread) -> None:
     queue = "one-claim-per-job"
-    worker = StreamClient(slow_poll.target, queues=(queue,), credits=4)
-    # The new stream's first claim finds the queue empty; counted from after it.
-    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    worker = idle_worker(slow_poll, queue, credits=4)
     empty_before = claims(queue, "empty")
     for i in range(10):
         submit(slow_poll, queue)
@@ -107,8 +114,7 @@ def test_only_a_nack_that_makes_a_job_due_now_wakes_leasing(slow_poll: Scheduler
     """A failure retried after a backoff waits for the poll tick; one that fails for good
     changes nothing either. A hand-back, or a retry without delay, is leased again at once."""
     queue = "nack-wakes"
-    worker = StreamClient(slow_poll.target, queues=(queue,), credits=10)
-    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    worker = idle_worker(slow_poll, queue, credits=10)
     ids = [submit(slow_poll, queue, max_attempts=5) for _ in range(4)]
     leased = {j.job.id: j for j in (worker.next_job(index=i) for i in range(4))}
     empty_before = claims(queue, "empty")
@@ -152,8 +158,7 @@ def test_a_job_for_an_idle_worker_is_leased_in_its_submits_transaction(
     slow_poll: SchedulerThread,
 ) -> None:
     queue = "handed-over"
-    worker = StreamClient(slow_poll.target, queues=(queue,), credits=4)
-    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    worker = idle_worker(slow_poll, queue, credits=4)
     empty_before = claims(queue, "empty")
     job_id = submit(slow_poll, queue)
     assert worker.next_job().job.id == job_id
@@ -177,8 +182,7 @@ def test_a_submits_claim_still_leases_the_most_urgent_ready_job_first(
     slow_poll: SchedulerThread,
 ) -> None:
     queue = "urgent-first"
-    worker = StreamClient(slow_poll.target, queues=(queue,), credits=1)
-    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    worker = idle_worker(slow_poll, queue, credits=1)
     with psycopg.connect(slow_poll.database_url) as conn:
         # As another replica would have submitted it: this one is not woken.
         (urgent,) = conn.execute(
@@ -201,8 +205,7 @@ def test_a_submit_whose_lease_fails_goes_in_alone_and_gives_the_credit_back(
     scheduler: SchedulerThread,
 ) -> None:
     queue = "refused"
-    worker = StreamClient(scheduler.target, worker_id="refused", queues=(queue,), credits=4)
-    wait_for(lambda: claims(queue, "empty") >= 1, message="the first claim")
+    worker = idle_worker(scheduler, queue, worker_id="refused", credits=4)
     (session,) = scheduler.scheduler.dispatcher.sessions
     with psycopg.connect(scheduler.database_url, autocommit=True) as conn:
         # A real failure in the middle of the submit's transaction: its lease is refused.

@@ -134,20 +134,14 @@ def _lease_and_ack(url: str, meter: CpuMeter, *, connections: int) -> tuple[floa
             errors.append(exc)
 
     with contextlib.ExitStack() as open_connections:
-        threads = [
-            threading.Thread(
-                target=loop,
-                args=(
-                    i,
-                    *(
-                        open_connections.enter_context(
-                            psycopg.connect(url, autocommit=True, row_factory=dict_row)
-                        )
-                        for _ in range(2)
-                    ),
-                ),
-                daemon=True,
+
+        def connect() -> Conn:
+            return open_connections.enter_context(
+                psycopg.connect(url, autocommit=True, row_factory=dict_row)
             )
+
+        threads = [
+            threading.Thread(target=loop, args=(i, connect(), connect()), daemon=True)
             for i in range(connections)
         ]
         meter.start()
