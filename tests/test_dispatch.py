@@ -164,8 +164,7 @@ def test_a_job_for_an_idle_worker_is_leased_in_its_submits_transaction(
     assert worker.next_job().job.id == job_id
     with psycopg.connect(slow_poll.database_url) as conn:
         created, leased = conn.execute(
-            "SELECT j.created_at, a.started_at FROM jobwire_jobs j"
-            " JOIN jobwire_attempts a ON a.job_id = j.id WHERE j.id = %s",
+            "SELECT created_at, attempt_started_at FROM jobwire_jobs WHERE id = %s",
             (job_id,),
         ).fetchone() or (None, None)
     # now() is the transaction's start: the same for the insert and the lease only when
@@ -214,7 +213,7 @@ def test_a_submit_whose_lease_fails_goes_in_alone_and_gives_the_credit_back(
             " AS $$ BEGIN RAISE EXCEPTION 'attempt refused'; END $$"
         )
         conn.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON jobwire_attempts FOR EACH ROW"
+            "CREATE TRIGGER refuse BEFORE UPDATE ON jobwire_jobs FOR EACH ROW"
             " WHEN (NEW.worker_id = 'refused') EXECUTE FUNCTION refuse()"
         )
         job_id = submit(scheduler, queue)
@@ -223,6 +222,6 @@ def test_a_submit_whose_lease_fails_goes_in_alone_and_gives_the_credit_back(
         assert conn.execute("SELECT id::text FROM jobwire_jobs").fetchall() == [(job_id,)]
         # The dispatcher's own claims fail the same way; leasing keeps trying.
         wait_for(lambda: claims(queue, "empty") >= 1 and session.credit == 4, message="credit")
-        conn.execute("DROP TRIGGER refuse ON jobwire_attempts")
+        conn.execute("DROP TRIGGER refuse ON jobwire_jobs")
     assert worker.next_job().job.id == job_id
     worker.close()

@@ -97,17 +97,18 @@ def audit(database_url: str, ids: list[str]) -> None:
             message="every job SUCCEEDED",
         )
         twice = conn.execute(
-            """SELECT job_id FROM jobwire_attempts WHERE outcome = 'SUCCEEDED'
+            """SELECT job_id FROM jobwire_attempt_history WHERE outcome = 'SUCCEEDED'
                GROUP BY job_id HAVING count(*) > 1"""
         ).fetchall()
         assert twice == [], "a job succeeded twice"
         live = conn.execute(
-            "SELECT count(*) FROM jobwire_attempts WHERE outcome = 'RUNNING'"
+            "SELECT count(*) FROM jobwire_attempt_history WHERE outcome = 'RUNNING'"
         ).fetchone()
         assert live == (0,)
         gaps = conn.execute(
             """SELECT j.id FROM jobwire_jobs j
-               WHERE j.attempt <> (SELECT count(*) FROM jobwire_attempts a WHERE a.job_id = j.id)
+               WHERE j.attempt <> (SELECT count(*) FROM jobwire_attempt_history a
+                                   WHERE a.job_id = j.id)
             """
         ).fetchall()
         assert gaps == []

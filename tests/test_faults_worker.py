@@ -71,12 +71,13 @@ class Database:
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         return self._query(
-            "SELECT * FROM jobwire_attempts WHERE job_id = %s ORDER BY number", job_id
+            "SELECT * FROM jobwire_attempt_history WHERE job_id = %s ORDER BY number", job_id
         )
 
     def attempts_of_worker(self, worker_id: str) -> list[dict[str, Any]]:
         return self._query(
-            "SELECT * FROM jobwire_attempts WHERE worker_id = %s ORDER BY started_at", worker_id
+            "SELECT * FROM jobwire_attempt_history WHERE worker_id = %s ORDER BY started_at",
+            worker_id,
         )
 
     def now(self) -> datetime:

@@ -683,7 +683,7 @@ class JobMachine(RuleBasedStateMachine):
         assert set(rows) == set(self.model), set(rows) ^ set(self.model)
         attempts: dict[str, list[tuple[Any, ...]]] = {}
         for a in self.db.execute(
-            f"SELECT {ATTEMPT_COLUMNS} FROM jobwire_attempts a JOIN jobwire_jobs j "
+            f"SELECT {ATTEMPT_COLUMNS} FROM jobwire_attempt_history a JOIN jobwire_jobs j "
             "ON j.id = a.job_id WHERE j.queue = ANY(%s) ORDER BY a.job_id, a.number",
             (list(self.queues),),
         ):
@@ -752,12 +752,18 @@ class JobMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_live_attempt_everywhere(self) -> None:
+        # An attempt's row is written when it ends: none is stored while it runs.
+        stored = self.db.execute(
+            "SELECT job_id FROM jobwire_attempts WHERE outcome = 'RUNNING' OR finished_at IS NULL"
+        ).fetchall()
+        assert not stored, stored
         rows = self.db.execute(
-            "SELECT a.job_id FROM jobwire_attempts a JOIN jobwire_jobs j ON j.id = a.job_id "
-            "WHERE a.outcome = 'RUNNING' AND (j.state <> 'RUNNING' "
-            "OR j.lease_token IS DISTINCT FROM a.lease_token OR j.attempt <> a.number) "
-            "UNION ALL SELECT job_id FROM jobwire_attempts WHERE outcome = 'RUNNING' "
-            "GROUP BY job_id HAVING count(*) > 1"
+            "SELECT a.job_id FROM jobwire_attempt_history a JOIN jobwire_jobs j"
+            " ON j.id = a.job_id WHERE a.outcome = 'RUNNING' AND (j.state <> 'RUNNING'"
+            " OR j.lease_token IS DISTINCT FROM a.lease_token OR j.attempt <> a.number"
+            " OR a.started_at IS NULL)"
+            " UNION ALL SELECT job_id FROM jobwire_attempt_history WHERE outcome = 'RUNNING'"
+            " GROUP BY job_id HAVING count(*) > 1"
         ).fetchall()
         assert not rows, rows
 

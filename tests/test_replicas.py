@@ -140,7 +140,7 @@ def test_reaper_on_both_replicas_ends_each_expired_lease_once(
             message="every lease reaped",
         )
         rows = conn.execute(
-            "SELECT job_id, count(*) FROM jobwire_attempts GROUP BY job_id"
+            "SELECT job_id, count(*) FROM jobwire_attempt_history GROUP BY job_id"
         ).fetchall()
     # Each job was reaped once (one expired attempt), then leased again at most once.
     assert {str(r[0]) for r in rows} == set(ids)

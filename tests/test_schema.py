@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -47,13 +48,9 @@ def lease(conn: psycopg.Connection[tuple[object, ...]], job_id: uuid.UUID) -> uu
     token = uuid.uuid4()
     conn.execute(
         """UPDATE jobwire_jobs SET state = 'RUNNING', attempt = attempt + 1, lease_token = %s,
-           lease_deadline = now() + interval '30 seconds', worker_id = 'w' WHERE id = %s""",
+           lease_deadline = now() + interval '30 seconds', worker_id = 'w',
+           attempt_started_at = now() WHERE id = %s""",
         (token, job_id),
-    )
-    conn.execute(
-        """INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id)
-           SELECT id, attempt, lease_token, worker_id FROM jobwire_jobs WHERE id = %s""",
-        (job_id,),
     )
     return token
 
@@ -96,15 +93,24 @@ def test_a_migration_outside_a_transaction_can_run_again(database_url: str) -> N
     assert valid == (True,)
 
 
+@contextlib.contextmanager
+def empty_database(postgres_url: str) -> Iterator[str]:
+    """A database without any table, dropped after."""
+    name = f"jobwire_fresh_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(postgres_url, dbname=name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def test_replicas_migrating_at_once_wait_for_each_other(postgres_url: str) -> None:
     """Replicas started together all run `migrate`; one applies, the others wait, even
     for a migration that builds an index CONCURRENTLY (which waits for every session
     holding an older snapshot)."""
-    name = f"jobwire_fresh_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(postgres_url, dbname=name)
-    try:
+    with empty_database(postgres_url) as url:
         with ThreadPoolExecutor(3) as pool:
             applied = list(pool.map(lambda _: migrate.apply(url), range(3)))
         assert sorted(len(a) for a in applied) == [0, 0, len(migrate.available())]
@@ -113,9 +119,45 @@ def test_replicas_migrating_at_once_wait_for_each_other(postgres_url: str) -> No
             invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
             assert invalid.fetchone() == (0,)
         assert versions == [m.version for m in migrate.available()]
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_an_attempt_running_during_the_upgrade_keeps_its_history(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0004: an attempt's row is written when it ends. One running during the
+    upgrade had its row written at its lease; the row goes, its start moves to the job,
+    and the attempt is settled, shown and refused like any other."""
+    shipped = migrate.available()
+    with empty_database(postgres_url) as url:
+        monkeypatch.setattr(migrate, "available", lambda: [m for m in shipped if m.version < 4])
+        migrate.apply(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            job_id = insert_job(conn)
+            token, started = uuid.uuid4(), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+            # As the earlier lease_jobs wrote it: the job and a RUNNING row, in one go.
+            conn.execute(
+                """WITH leased AS (
+                       UPDATE jobwire_jobs SET state = 'RUNNING', attempt = 1, lease_token = %s,
+                              lease_deadline = now() + interval '30 seconds', worker_id = 'w',
+                              started_at = %s
+                       WHERE id = %s RETURNING *)
+                   INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id, started_at)
+                   SELECT id, attempt, lease_token, worker_id, started_at FROM leased""",
+                (token, started, job_id),
+            )
+            monkeypatch.undo()
+            assert [m.version for m in migrate.apply(url)] == [4]
+
+            history = "SELECT number, outcome::text, started_at, lease_token FROM {}"
+            assert conn.execute(history.format("jobwire_attempts")).fetchall() == []
+            running = (1, "RUNNING", started, token)
+            assert conn.execute(history.format("jobwire_attempt_history")).fetchall() == [running]
+            conn.execute(
+                QUERIES["ack_jobs"],
+                {"id": [job_id], "token": [token], "result": [b"1"], "result_type": [""]},
+            )
+            ended = (1, "SUCCEEDED", started, token)
+            assert conn.execute(history.format("jobwire_attempt_history")).fetchall() == [ended]
 
 
 def test_result_if_and_only_if_succeeded(conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -176,8 +218,8 @@ def test_running_holds_exactly_one_lease(conn: psycopg.Connection[tuple[object, 
         conn, "UPDATE jobwire_jobs SET state = 'RUNNING' WHERE id = %s", job_id
     )
     lease(conn, job_id)
-    # A second live attempt of the same job is refused by the partial unique index.
-    assert "jobwire_attempts_one_live" in violates(
+    # The running attempt lives on the job; a row for it is refused, so it cannot have two.
+    assert "ended" in violates(
         conn,
         """INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id)
                  VALUES (%s, 2, gen_random_uuid(), 'other')""",

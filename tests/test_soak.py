@@ -207,11 +207,14 @@ def audit(conn: psycopg.Connection[tuple[object, ...]], ids: list[str]) -> None:
         one("SELECT count(*) FROM jobwire_jobs WHERE lease_token IS NOT NULL AND id = ANY(%s)") == 0
     ), "a lease is still held"
     assert (
-        one("SELECT count(*) FROM jobwire_attempts WHERE outcome = 'RUNNING' AND job_id = ANY(%s)")
+        one(
+            "SELECT count(*) FROM jobwire_attempt_history"
+            " WHERE outcome = 'RUNNING' AND job_id = ANY(%s)"
+        )
         == 0
     ), "an attempt still runs"
     assert (
-        one("""SELECT count(*) FROM (SELECT job_id FROM jobwire_attempts
+        one("""SELECT count(*) FROM (SELECT job_id FROM jobwire_attempt_history
                   WHERE outcome = 'SUCCEEDED' AND job_id = ANY(%s)
                   GROUP BY job_id HAVING count(*) > 1) twice""")
         == 0
@@ -220,7 +223,7 @@ def audit(conn: psycopg.Connection[tuple[object, ...]], ids: list[str]) -> None:
     assert (
         one("""SELECT count(*) FROM jobwire_jobs j
                   LEFT JOIN LATERAL (SELECT count(*) AS n, coalesce(max(number), 0) AS top
-                                     FROM jobwire_attempts a WHERE a.job_id = j.id) h ON true
+                                     FROM jobwire_attempt_history a WHERE a.job_id = j.id) h ON true
                   WHERE j.id = ANY(%s) AND (j.attempt <> h.n OR j.attempt <> h.top)
                """)
         == 0
@@ -229,7 +232,7 @@ def audit(conn: psycopg.Connection[tuple[object, ...]], ids: list[str]) -> None:
     assert (
         one("""SELECT count(*) FROM jobwire_jobs j WHERE id = ANY(%s) AND
                   (j.state = 'SUCCEEDED') IS DISTINCT FROM EXISTS (
-                     SELECT 1 FROM jobwire_attempts a WHERE a.job_id = j.id
+                     SELECT 1 FROM jobwire_attempt_history a WHERE a.job_id = j.id
                      AND a.number = j.attempt AND a.outcome = 'SUCCEEDED')""")
         == 0
     )

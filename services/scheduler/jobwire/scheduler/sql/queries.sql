@@ -74,7 +74,7 @@ SELECT pg_notify('jobwire_submitted', %(origin)s::text || ' ' || q) FROM unnest(
 SELECT * FROM jobwire_jobs WHERE id = %(id)s
 
 -- name: get_attempts
-SELECT * FROM jobwire_attempts WHERE job_id = %(id)s ORDER BY number
+SELECT * FROM jobwire_attempt_history WHERE job_id = %(id)s ORDER BY number
 
 -- name: list_jobs
 -- Newest first; the cursor is the (created_at, id) of the last row of the previous page.
@@ -106,12 +106,11 @@ WITH picked AS (
         lease_deadline = now() + j.lease_timeout,
         worker_id = %(worker_id)s,
         started_at = coalesce(j.started_at, now()),
+        -- The attempt's row in jobwire_attempts is written when it ends (migration 0004).
+        attempt_started_at = now(),
         updated_at = clock_timestamp()
     FROM picked WHERE j.id = picked.id
     RETURNING j.*
-), history AS (
-    INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id, started_at)
-    SELECT id, attempt, lease_token, worker_id, now() FROM leased
 )
 SELECT * FROM leased ORDER BY priority DESC, run_at, id
 
@@ -142,27 +141,25 @@ WITH input AS (
     -- jobs running took 3.5 s instead of 40 ms, and the acks that queued meanwhile made
     -- the next batch as big. A `state` condition did worse through a RUNNING-only index.
     WHERE j.id = i.id AND j.lease_token = i.token
-    RETURNING j.id, j.attempt, i.token, j.queue, j.type
+    RETURNING j.id, j.attempt, i.token, j.queue, j.type, j.worker_id, j.attempt_started_at
 ), history AS (
-    UPDATE jobwire_attempts a SET outcome = 'SUCCEEDED', finished_at = now(), next_state = 'SUCCEEDED'
-    FROM settled s WHERE a.job_id = s.id AND a.number = s.attempt
-    RETURNING a.job_id AS id, s.token, s.queue, s.type,
-              extract(epoch FROM now() - a.started_at)::float8 AS run_seconds
+    -- The attempt's row, written as it ends (migration 0004).
+    INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id, started_at,
+                                  finished_at, outcome, next_state)
+    SELECT id, attempt, token, worker_id, attempt_started_at, now(), 'SUCCEEDED', 'SUCCEEDED'
+    FROM settled
 )
--- Every current lease has its attempt row (lease_jobs writes both), so the attempts
--- updated are the jobs settled. Not a join of the two: the planner, which cannot
--- estimate how many rows they return, joined them in a nested loop, quadratic in the
--- batch, and acks that queued up behind one slow batch made the next one slower still
--- (seconds per batch of a few thousand).
-SELECT id, token, queue, type, run_seconds FROM history
+SELECT id, token, queue, type,
+       extract(epoch FROM now() - attempt_started_at)::float8 AS run_seconds
+FROM settled
 
 -- name: nack_jobs
--- Ends attempts without success; the rules live in jobwire_end_attempt(). The joins read
--- the rows as they were before it (the statement's snapshot): queue, type and the
--- attempt's start, for metrics, and whether a job going back to PENDING is due at once
+-- Ends attempts without success; the rules live in jobwire_end_attempt(). The join reads
+-- the job as it was before it (the statement's snapshot): queue, type and the attempt's
+-- start, for metrics, and whether a job going back to PENDING is due at once
 -- (handed back, or no delay: the backoff is zero only when its initial or its cap is).
 SELECT t.id, t.token, j.queue, j.type,
-       extract(epoch FROM now() - a.started_at)::float8 AS run_seconds,
+       extract(epoch FROM now() - j.attempt_started_at)::float8 AS run_seconds,
        t.release OR coalesce(t.delay, least(j.backoff_initial, j.backoff_max))
            <= interval '0' AS due_at_once,
        jobwire_end_attempt(t.id, t.token, false, t.release, t.retryable, t.delay,
@@ -171,7 +168,6 @@ FROM unnest(%(id)b::uuid[], %(token)b::uuid[], %(release)b::bool[], %(retryable)
             %(delay)b::interval[], %(message)b::text[], %(kind)b::text[], %(details)b::text[])
      AS t(id, token, release, retryable, delay, message, kind, details)
 LEFT JOIN jobwire_jobs j ON j.id = t.id
-LEFT JOIN jobwire_attempts a ON a.job_id = t.id AND a.lease_token = t.token
 
 -- name: extend_leases
 UPDATE jobwire_jobs j SET
@@ -185,9 +181,12 @@ WHERE j.id = i.id AND j.lease_token = i.token
 RETURNING j.id, i.token, j.lease_deadline, j.cancel_requested
 
 -- name: explain_refusals
--- Why items were not settled: which jobs exist, and how the named attempt ended.
+-- Why items were not settled: which jobs exist, and how the named attempt ended. The
+-- running attempt is the job's lease; the ended ones are rows of jobwire_attempts.
 SELECT i.id, i.token, j.id IS NOT NULL AS job_exists, j.state, j.attempt AS job_attempt,
-       a.number AS attempt, a.outcome
+       CASE WHEN j.lease_token = i.token THEN j.attempt ELSE a.number END AS attempt,
+       CASE WHEN j.lease_token = i.token THEN 'RUNNING'::jobwire_outcome ELSE a.outcome END
+           AS outcome
 FROM unnest(%(id)b::uuid[], %(token)b::uuid[]) AS i(id, token)
 LEFT JOIN jobwire_jobs j ON j.id = i.id
 LEFT JOIN jobwire_attempts a ON a.job_id = i.id AND a.lease_token = i.token
