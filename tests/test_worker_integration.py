@@ -400,6 +400,29 @@ def test_leases_are_extended_while_a_handler_runs(
     assert json.loads(job.result.data) == "awake"
 
 
+def test_a_shorter_lease_arriving_while_longer_ones_are_held_is_extended_in_time(
+    producer: Producer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """The heartbeat sleeps until the earliest extension it knows of; a lease that is
+    due sooner must wake it."""
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("sleepy")
+        async def sleepy(payload: Any) -> str:
+            await asyncio.sleep(payload["seconds"])
+            return "awake"
+
+    start_worker(setup)
+    long = producer.submit("sleepy", {"seconds": 5}, lease_timeout=Duration(seconds=60))
+    producer.wait_state(long, RUNNING)
+    short = producer.submit(
+        "sleepy", {"seconds": 3.5}, max_attempts=1, lease_timeout=Duration(seconds=1)
+    )
+    job = producer.wait_state(short, SUCCEEDED)
+    assert job.attempt == 1
+    assert producer.wait_state(long, SUCCEEDED).attempt == 1
+
+
 def test_shutdown_hands_back_jobs_beyond_the_grace(
     producer: Producer, start_worker: Callable[..., WorkerThread]
 ) -> None:

@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import jobwire.worker
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from jobwire.v1 import job_pb2, leases_pb2
 from jobwire.worker import (
     Backoff,
@@ -485,7 +487,9 @@ def leased_job(
     if execution_timeout:
         spec.execution_timeout.CopyFrom(Duration(nanos=int(execution_timeout * 1e9)))
     job = job_pb2.Job(id="job-1", spec=spec, attempt=2, trace_id="trace-9")
-    return leases_pb2.LeasedJob(job=job, lease_token="token-1")
+    return leases_pb2.LeasedJob(
+        job=job, lease_token="token-1", lease_deadline=Timestamp(seconds=1_800_000_000)
+    )
 
 
 def run_attempt(
@@ -533,6 +537,7 @@ def test_success_is_an_ack_with_the_encoded_result() -> None:
         3,
     )
     assert (ctx.trace_id, dict(ctx.labels), ctx.worker_id) == ("trace-9", {"team": "a"}, "w-1")
+    assert ctx.lease_deadline == datetime(2027, 1, 15, 8, tzinfo=UTC)
     assert not ctx.cancelled.is_set()
     with pytest.raises(AttributeError):
         ctx.job_id = "other"  # type: ignore[misc]
@@ -621,7 +626,9 @@ def test_cancel_stops_the_handler_and_is_final() -> None:
     assert outcome is not None and outcome.label == "cancelled"
     assert outcome.request.nack.error.kind == "cancelled"
     assert not outcome.request.nack.retryable
+    # The handler took no context: one asked for after the stop says so too.
     assert execution.ctx.cancel_reason == "because"
+    assert execution.ctx.cancelled.is_set()
 
 
 def test_a_lost_lease_has_no_outcome() -> None:

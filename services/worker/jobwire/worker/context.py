@@ -6,9 +6,11 @@ import logging
 import threading
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
+
+from google.protobuf import timestamp_pb2
 
 __all__ = ["JobContext", "JobLogger", "LeaseState"]
 
@@ -33,15 +35,29 @@ class LeaseState:
     """The parts of a running job that change while it runs, shared between the
     worker (which learns them from the scheduler) and the handler's context."""
 
-    __slots__ = ("cancel_reason", "deadline", "execution_deadline")
+    __slots__ = ("_deadline", "cancel_reason", "execution_deadline")
 
     def __init__(
-        self, deadline: datetime | None, execution_deadline: datetime | None = None
+        self,
+        deadline: datetime | timestamp_pb2.Timestamp | None,
+        execution_deadline: datetime | None = None,
     ) -> None:
-        self.deadline = deadline
+        # Kept as the scheduler sent it until someone reads it: converting costs more
+        # than the rest of taking a job, and most handlers never ask.
+        self._deadline = deadline
         # Set when the handler starts: a prefetched job's clock starts then, not on arrival.
         self.execution_deadline = execution_deadline
         self.cancel_reason: str | None = None
+
+    @property
+    def deadline(self) -> datetime | None:
+        if isinstance(self._deadline, timestamp_pb2.Timestamp):
+            self._deadline = self._deadline.ToDatetime(tzinfo=UTC)
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, value: datetime | None) -> None:
+        self._deadline = value
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

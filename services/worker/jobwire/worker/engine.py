@@ -50,6 +50,10 @@ class Engine:
         self._held_empty = asyncio.Event()
         self._held_empty.set()
         self._leases_changed = asyncio.Event()
+        # Loop time the heartbeat sleeps until (None: until a lease arrives). A lease due
+        # no sooner does not wake it: with a long prefetch it would, for every job, go
+        # over every held lease for nothing.
+        self._next_extension: float | None = None
         self._slots = 0  # handlers that have not returned, stopped ones included
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsettled = UnsettledOutcomes()
@@ -198,7 +202,9 @@ class Engine:
         execution = Execution(leased, spec, worker_id=self.settings.worker_id, pool=self._pool)
         self._held[token] = execution
         self._held_empty.clear()
-        self._leases_changed.set()
+        due = execution.extended_at + self._extend_interval(execution)
+        if self._next_extension is None or due < self._next_extension:
+            self._leases_changed.set()
         if self._slots < self.settings.concurrency:
             self._launch(execution)
         else:
@@ -243,7 +249,7 @@ class Engine:
             log.debug("cancel for job %s, which is not running here", notice.job_id)
             return
         if self._stop(execution, StopReason.CANCELLED, notice.reason or "cancelled"):
-            execution.ctx.logger.info("cancelled by the producer, stopping the handler")
+            execution.logger.info("cancelled by the producer, stopping the handler")
 
     def _on_settle(self, result: leases_pb2.SettleResult) -> None:
         if result.kind == leases_pb2.SETTLE_KIND_EXTEND:
@@ -288,7 +294,7 @@ class Engine:
             return  # the next heartbeat tries again
         if result.code != OK:
             if self._stop(execution, StopReason.LOST, result.message or f"code {result.code}"):
-                execution.ctx.logger.warning(
+                execution.logger.warning(
                     "lease lost (code %d: %s); stopping the handler and dropping the job",
                     result.code,
                     result.message or "no reason given",
@@ -297,14 +303,14 @@ class Engine:
         if result.HasField("lease_deadline"):
             execution.update_deadline(result.lease_deadline.ToDatetime(tzinfo=UTC))
         if result.cancel_requested and self._stop(execution, StopReason.CANCELLED, "cancelled"):
-            execution.ctx.logger.info("cancelled by the producer, stopping the handler")
+            execution.logger.info("cancelled by the producer, stopping the handler")
 
     # -- running jobs ----------------------------------------------------------------------
 
     async def _execute(self, execution: Execution) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        execution.ctx.logger.info("started")
+        execution.logger.info("started")
         try:
             outcome = await execution.run()
             self._forget(execution)
@@ -370,8 +376,12 @@ class Engine:
                 timeout = due - now
             due_now = False
             self._leases_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._leases_changed.wait(), timeout)
+            self._next_extension = None if timeout is None else now + timeout
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._leases_changed.wait(), timeout)
+            finally:
+                self._next_extension = None
 
     def _extend(self, held: list[Execution], now: float) -> None:
         for start in range(0, len(held), MAX_EXTEND_ITEMS):
@@ -435,7 +445,7 @@ class Engine:
 
 
 def _log_outcome(execution: Execution, outcome: Outcome | None, elapsed: float | None) -> None:
-    logger = execution.ctx.logger
+    logger = execution.logger
     when = "before it started" if elapsed is None else f"after {elapsed:.2f} s"
     if outcome is None:
         logger.warning("dropped %s: its lease was lost", when)

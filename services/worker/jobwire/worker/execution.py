@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2
 from jobwire.v1 import leases_pb2
 
 from . import outcomes
-from .context import JobContext, LeaseState, job_logger
+from .context import JobContext, JobLogger, LeaseState, job_logger
 from .errors import JobFailed
 from .outcomes import Outcome
 from .payloads import PayloadError, decode_payload, encode_result
@@ -61,30 +61,15 @@ class Execution:
         self.execution_timeout = execution_timeout if execution_timeout > 0 else None
         self._payload = job.spec.payload
         self._pool = pool
+        self._leased = leased
+        self._worker_id = worker_id
         self._lease = LeaseState(
-            leased.lease_deadline.ToDatetime(tzinfo=UTC)
-            if leased.HasField("lease_deadline")
-            else None
+            leased.lease_deadline if leased.HasField("lease_deadline") else None
         )
-        self.ctx = JobContext(
-            job_id=job.id,
-            type=job.spec.type,
-            queue=job.spec.queue,
-            attempt=job.attempt,
-            max_attempts=job.spec.max_attempts,
-            trace_id=job.trace_id,
-            labels=MappingProxyType(dict(job.spec.labels)),
-            worker_id=worker_id,
-            logger=job_logger(
-                job_id=job.id,
-                queue=job.spec.queue,
-                job_type=job.spec.type,
-                attempt=job.attempt,
-                worker_id=worker_id,
-                trace_id=job.trace_id,
-            ),
-            _lease=self._lease,
-        )
+        # Built when first asked for: a handler without a context never needs one, and
+        # this runs for every job.
+        self._ctx: JobContext | None = None
+        self._logger: JobLogger | None = None
         self.stop_reason: StopReason | None = None
         # Resolved when the handler returns or is stopped, whichever comes first.
         self._settled: asyncio.Future[None] | None = None
@@ -96,6 +81,42 @@ class Execution:
         # Set by the worker: loop time of the last extension sent for this lease.
         self.extended_at = asyncio.get_running_loop().time()
 
+    @property
+    def logger(self) -> JobLogger:
+        """The job's logger: its lines carry the job's identity."""
+        if self._logger is None:
+            job = self._leased.job
+            self._logger = job_logger(
+                job_id=job.id,
+                queue=job.spec.queue,
+                job_type=job.spec.type,
+                attempt=job.attempt,
+                worker_id=self._worker_id,
+                trace_id=job.trace_id,
+            )
+        return self._logger
+
+    @property
+    def ctx(self) -> JobContext:
+        """What the handler is told about its job."""
+        if self._ctx is None:
+            job = self._leased.job
+            self._ctx = JobContext(
+                job_id=job.id,
+                type=job.spec.type,
+                queue=job.spec.queue,
+                attempt=job.attempt,
+                max_attempts=job.spec.max_attempts,
+                trace_id=job.trace_id,
+                labels=MappingProxyType(dict(job.spec.labels)),
+                worker_id=self._worker_id,
+                logger=self.logger,
+                _lease=self._lease,
+            )
+            if self.stop_reason is not None:
+                self._ctx.cancelled.set()
+        return self._ctx
+
     # -- signals from the worker -------------------------------------------------
 
     def stop(self, reason: StopReason, detail: str = "") -> bool:
@@ -106,7 +127,8 @@ class Execution:
         self.stop_reason = reason
         self._done_before_stop = self._handler_done()
         self._lease.cancel_reason = detail or reason.value
-        self.ctx.cancelled.set()
+        if self._ctx is not None:
+            self._ctx.cancelled.set()
         # Thread handlers are only signalled: cancelling the asyncio wrapper of a
         # thread's future would report it finished while the thread still runs.
         if self._handler is not None and self.spec.is_async:
