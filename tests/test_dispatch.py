@@ -160,8 +160,16 @@ def test_a_job_for_an_idle_worker_is_leased_in_its_submits_transaction(
     queue = "handed-over"
     worker = idle_worker(slow_poll, queue, credits=4)
     empty_before = claims(queue, "empty")
-    job_id = submit(slow_poll, queue)
-    assert worker.next_job().job.id == job_id
+    reply = slow_poll.jobs().Submit(
+        jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(queue=queue, type="echo")])
+    )
+    submitted = reply.results[0].job
+    job_id = submitted.id
+    leased = worker.next_job()
+    assert leased.job.id == job_id
+    # The reply tells the job as it was committed: already running, under that lease.
+    assert (submitted.state, submitted.attempt) == (job_pb2.JOB_STATE_RUNNING, 1)
+    assert submitted.lease_deadline == leased.lease_deadline
     with psycopg.connect(slow_poll.database_url) as conn:
         created, leased = conn.execute(
             "SELECT created_at, attempt_started_at FROM jobwire_jobs WHERE id = %s",

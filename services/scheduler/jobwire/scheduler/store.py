@@ -255,6 +255,16 @@ class Store:
         _count_submitted(jobs)
         for claim, claimed in zip(claims, leased, strict=True):
             _count_leased(claim.queue, claimed)
+        if full:
+            # A job handed over was RUNNING when the transaction committed: say so, as Get
+            # would, rather than return the insert's PENDING row.
+            running = {job.id: job for claimed in leased for job in claimed}
+            results = [
+                Submitted(job_id=r.job_id, job=running[r.job_id], created=True)
+                if r.job_id in running
+                else r
+                for r in results
+            ]
         return results, leased
 
     def _insert(
