@@ -105,12 +105,14 @@ class Proc:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL if it is still there after `timeout` seconds."""
-        if not self.alive():
-            return
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one tells a worker to stop without draining."""
         with contextlib.suppress(ProcessLookupError):
-            self.popen.send_signal(signal.SIGTERM)
+            if self.alive():
+                self.popen.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 20.0) -> None:
+        """Waits for the exit, with SIGKILL if it is still there after `timeout` seconds."""
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -354,11 +356,9 @@ class Stack:
         others = [p for p in self.processes if p not in workers]
         for group in (workers, others):
             for proc in group:
-                with contextlib.suppress(ProcessLookupError):
-                    if proc.alive():
-                        proc.popen.send_signal(signal.SIGTERM)
+                proc.terminate()
             for proc in group:
-                proc.stop()
+                proc.wait_stopped()
         self.processes.clear()
 
     def meter(self, **pids: int) -> CpuMeter:
