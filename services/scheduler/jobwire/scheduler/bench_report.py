@@ -60,10 +60,12 @@ FIGURES: tuple[Figure, ...] = (
     Figure("drain", "jobs_per_s", "throughput", "jobs/s", Target(">=", 11_000)),
     Figure("submit-single", "jobs_per_s", "throughput", "jobs/s", Target(">=", 5_000)),
     Figure("submit-batch", "jobs_per_s", "throughput", "jobs/s", Target(">=", 50_000)),
-    Figure("latency", "lease_p50_ms", "submit→lease p50 (DB)", "ms", Target("<", 2)),
-    Figure("latency", "lease_p90_ms", "submit→lease p90 (DB)", "ms"),
-    Figure("latency", "lease_p99_ms", "submit→lease p99 (DB)", "ms", Target("<", 4)),
-    Figure("latency", "lease_max_ms", "submit→lease max (DB)", "ms"),
+    # The lease's time is its transaction's start (see LEASE_CLOCK_NOTE): a step on the
+    # way, not the job's start, which the targets are about.
+    Figure("latency", "lease_p50_ms", "submit→lease p50 (DB, txn start)", "ms"),
+    Figure("latency", "lease_p90_ms", "submit→lease p90 (DB, txn start)", "ms"),
+    Figure("latency", "lease_p99_ms", "submit→lease p99 (DB, txn start)", "ms"),
+    Figure("latency", "lease_max_ms", "submit→lease max (DB, txn start)", "ms"),
     Figure("latency", "handler_p50_ms", "submit→handler p50", "ms", Target("<", 2)),
     Figure("latency", "handler_p90_ms", "submit→handler p90", "ms"),
     Figure("latency", "handler_p99_ms", "submit→handler p99", "ms", Target("<", 4)),

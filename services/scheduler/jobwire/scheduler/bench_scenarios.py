@@ -29,10 +29,12 @@ RPC_TIMEOUT = 60.0
 
 COUNT_SUCCEEDED = "SELECT count(*) FROM jobwire_attempts WHERE outcome = 'SUCCEEDED'"
 LEASE_CLOCK_NOTE = (
-    "submit→lease = jobwire_attempts.started_at (PostgreSQL now() of the leasing "
-    "transaction, i.e. when the lease was granted) minus the producer's clock just before "
-    "it sent Submit; one machine, one clock. submit→handler = the worker's clock when the "
-    f"`{STAMP_TYPE}` handler started (its result) minus the same send time."
+    "submit→lease = jobwire_attempts.started_at (PostgreSQL now(): the START of the "
+    "leasing transaction, which for a job handed to an idle worker is the submit's own, "
+    "so its commit is not included) minus the producer's clock just before it sent Submit; "
+    "one machine, one clock. submit→handler = the worker's clock when the "
+    f"`{STAMP_TYPE}` handler started (its result) minus the same send time: the job's "
+    "start, which the target is about."
 )
 INDEX_SCAN = "Index Scan using jobwire_jobs_ready on jobwire_jobs"
 BOUND_SLACK = 5.0  # seconds a finished row may outlive retention + prune interval
