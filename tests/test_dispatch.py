@@ -233,3 +233,37 @@ def test_a_submit_whose_lease_fails_goes_in_alone_and_gives_the_credit_back(
         conn.execute("DROP TRIGGER refuse ON jobwire_jobs")
     assert worker.next_job().job.id == job_id
     worker.close()
+
+
+def test_jobs_claimed_for_a_stream_that_ended_meanwhile_go_back_at_once(
+    scheduler: SchedulerThread,
+) -> None:
+    """No worker got them: they are handed back, not left to a lease nobody holds, and
+    the attempt does not count."""
+    queue = "gone"
+    worker = idle_worker(scheduler, queue, worker_id="leaving", credits=1)
+    with psycopg.connect(scheduler.database_url, autocommit=True) as conn:
+        # The claim in the submit's transaction takes long enough for the stream to end.
+        conn.execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER slow BEFORE UPDATE ON jobwire_jobs FOR EACH ROW"
+            " WHEN (NEW.worker_id = 'leaving') EXECUTE FUNCTION slow()"
+        )
+        submitting = scheduler.jobs().Submit.future(
+            jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(queue=queue, type="echo")])
+        )
+        time.sleep(0.2)
+        worker.close()
+        job_id = submitting.result(timeout=10).results[0].job.id
+        conn.execute("DROP TRIGGER slow ON jobwire_jobs")
+    job = scheduler.jobs().Get(jobs_pb2.GetRequest(id=job_id)).job
+    assert job.state == job_pb2.JOB_STATE_PENDING
+    assert [a.outcome for a in job.attempts] == [job_pb2.ATTEMPT_OUTCOME_RELEASED]
+    # Ready again at once, for the next stream.
+    other = StreamClient(scheduler.target, queues=(queue,), credits=1)
+    leased = other.next_job()
+    assert (leased.job.id, leased.job.attempt) == (job_id, 2)
+    other.close()

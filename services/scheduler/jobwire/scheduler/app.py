@@ -79,7 +79,6 @@ class Scheduler:
             self.store,
             self.changes,
             poll_interval=settings.poll_interval,
-            stream_grace=settings.stream_grace,
         )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None

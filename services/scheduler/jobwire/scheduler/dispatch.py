@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -28,7 +28,7 @@ from jobwire.v1 import leases_pb2
 
 from . import convert, metrics
 from .errors import SchedulerError
-from .model import Claim, Job, NewJob, Submitted
+from .model import Claim, ErrorInfo, Job, Nack, NewJob, Submitted
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -125,12 +125,10 @@ class Dispatcher:
         changes: JobChanges,
         *,
         poll_interval: float,
-        stream_grace: timedelta,
     ) -> None:
         self._store = store
         self._changes = changes
         self._poll_interval = poll_interval
-        self._stream_grace = stream_grace
         self._sessions: list[Session] = []
         self._wake = asyncio.Event()
         # Readiness generations, advanced by every event that may have made jobs ready
@@ -265,6 +263,20 @@ class Dispatcher:
             await self._deliver(handoff.session, handoff.claim.queue, claimed)
         return submitted
 
+    async def _hand_back(self, session: Session, jobs: Sequence[Job]) -> None:
+        """The stream ended while its claim ran, so no worker got these jobs: they go back
+        to their queue at once, without using up an attempt (as a worker's hand-back),
+        rather than wait out a lease nobody holds."""
+        try:
+            refusals, due = await self._store.nack([_undelivered(j) for j in jobs], atomic=False)
+        except SchedulerError as exc:
+            # The reaper ends them when their leases run out.
+            log.warning("could not hand back %d undelivered job(s): %s", len(jobs), exc)
+            return
+        for refusal in refusals:  # pragma: no cover - nothing else knew these leases
+            log.warning("could not hand back job %s: %s", refusal.job_id, refusal.error)
+        self.wake(due)
+
     def _plan_handoffs(self, jobs: Sequence[NewJob]) -> list[Handoff]:
         """Claims for streams idle on the queues of `jobs` that are due now, enough of them
         to take those jobs; the streams' credit is set aside until the claims are done, so
@@ -370,16 +382,8 @@ class Dispatcher:
         """Sends the jobs a claim for `session` leased (none: it came back empty)."""
         metrics.LEASE_CLAIMS.labels(queue, "jobs" if jobs else "empty").inc()
         if jobs and session.closed:
-            # The stream ended while we claimed: hand the leases the short grace.
-            try:
-                await self._store.pull_in_leases(
-                    worker_id=session.worker_id,
-                    grace=self._stream_grace,
-                    keep=self.held_elsewhere(session),
-                )
-            except SchedulerError as exc:
-                # The leases keep their full deadline; the reaper still ends them.
-                log.warning("could not shorten leases of %s: %s", session.worker_id, exc)
+            await self._hand_back(session, jobs)
+            return
         leased: list[dict[str, Any]] = []
         for job in jobs:
             assert job.lease_token is not None
@@ -405,6 +409,17 @@ class Dispatcher:
         else:
             for one in leased:
                 session.send(convert.message(leases_pb2.LeaseResponse, {"job": one}))
+
+
+def _undelivered(job: Job) -> Nack:
+    assert job.lease_token is not None
+    return Nack(
+        job_id=job.id,
+        lease_token=job.lease_token,
+        error=ErrorInfo(message="not delivered: the stream ended"),
+        retryable=True,
+        release=True,
+    )
 
 
 def _give_back(session: Session, credit: int) -> None:
