@@ -29,6 +29,8 @@ MAX_CREDIT = 10_000
 ItemT = TypeVar("ItemT", leases_pb2.AckItem, leases_pb2.NackItem)
 OutcomeT = TypeVar("OutcomeT", model.Ack, model.Nack)
 _OK = grpc.StatusCode.OK.value[0]
+# Seconds a stopping scheduler waits for the streams it ended to end their sessions.
+_CLEANUP_WAIT = 5.0
 
 
 def _hello(message: leases_pb2.LeaseRequest) -> Session:
@@ -276,6 +278,10 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         ]
 
     async def close(self) -> None:
+        # Streams the server ended on its way down still have their sessions to end; left
+        # pending, those tasks would be destroyed with the event loop, mid-way.
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=_CLEANUP_WAIT)
         for batcher in (self._acks, self._nacks, self._extensions):
             await batcher.close()
 
