@@ -263,7 +263,7 @@ class Dispatcher:
             await self._deliver(handoff.session, handoff.claim.queue, claimed)
         return submitted
 
-    async def _hand_back(self, session: Session, jobs: Sequence[Job]) -> None:
+    async def _hand_back(self, jobs: Sequence[Job]) -> None:
         """The stream ended while its claim ran, so no worker got these jobs: they go back
         to their queue at once, without using up an attempt (as a worker's hand-back),
         rather than wait out a lease nobody holds."""
@@ -382,7 +382,7 @@ class Dispatcher:
         """Sends the jobs a claim for `session` leased (none: it came back empty)."""
         metrics.LEASE_CLAIMS.labels(queue, "jobs" if jobs else "empty").inc()
         if jobs and session.closed:
-            await self._hand_back(session, jobs)
+            await self._hand_back(jobs)
             return
         leased: list[dict[str, Any]] = []
         for job in jobs:
