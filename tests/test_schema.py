@@ -145,13 +145,42 @@ def test_an_attempt_running_during_the_upgrade_keeps_its_history(
                    SELECT id, attempt, lease_token, worker_id, started_at FROM leased""",
                 (token, started, job_id),
             )
+            # Damaged data: a running job whose row is missing.
+            orphan = insert_job(conn)
+            conn.execute(
+                """UPDATE jobwire_jobs SET state = 'RUNNING', attempt = 1, worker_id = 'w',
+                          lease_token = gen_random_uuid(), lease_deadline = now() + '30s'
+                   WHERE id = %s""",
+                (orphan,),
+            )
             monkeypatch.undo()
             assert [m.version for m in migrate.apply(url)] == [4]
+            # Its start is the job's last update rather than unknown: its attempt can end.
+            (orphan_start,) = conn.execute(
+                "SELECT attempt_started_at = updated_at FROM jobwire_jobs WHERE id = %s",
+                (orphan,),
+            ).fetchone() or (None,)
+            assert orphan_start is True
+            conn.execute("DELETE FROM jobwire_jobs WHERE id = %s", (orphan,))
 
             history = "SELECT number, outcome::text, started_at, lease_token FROM {}"
             assert conn.execute(history.format("jobwire_attempts")).fetchall() == []
             running = (1, "RUNNING", started, token)
             assert conn.execute(history.format("jobwire_attempt_history")).fetchall() == [running]
+            # An earlier version's ack settles the job and then its attempt's row: refused
+            # whole, even though no row is left to update, so it settles nothing.
+            assert "older than the database schema" in violates(
+                conn,
+                """WITH settled AS (
+                       UPDATE jobwire_jobs SET state = 'SUCCEEDED', result = '1',
+                              finished_at = now(), lease_token = NULL, lease_deadline = NULL
+                       WHERE id = %s AND lease_token = %s RETURNING id, attempt)
+                   UPDATE jobwire_attempts a SET outcome = 'SUCCEEDED', finished_at = now(),
+                          next_state = 'SUCCEEDED'
+                   FROM settled s WHERE a.job_id = s.id AND a.number = s.attempt""",
+                job_id,
+                token,
+            )
             conn.execute(
                 QUERIES["ack_jobs"],
                 {"id": [job_id], "token": [token], "result": [b"1"], "result_type": [""]},
@@ -217,8 +246,15 @@ def test_running_holds_exactly_one_lease(conn: psycopg.Connection[tuple[object, 
     assert "lease_iff_running" in violates(
         conn, "UPDATE jobwire_jobs SET state = 'RUNNING' WHERE id = %s", job_id
     )
+    # The running attempt lives on the job, with its start.
+    assert "attempt_started" in violates(
+        conn,
+        """UPDATE jobwire_jobs SET state = 'RUNNING', attempt = 1, lease_token = gen_random_uuid(),
+                  lease_deadline = now() + interval '30 seconds', worker_id = 'w' WHERE id = %s""",
+        job_id,
+    )
     lease(conn, job_id)
-    # The running attempt lives on the job; a row for it is refused, so it cannot have two.
+    # A row for the running attempt is refused, so a job cannot have two.
     assert "ended" in violates(
         conn,
         """INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id)
@@ -234,7 +270,7 @@ def test_settled_attempts_are_history(conn: psycopg.Connection[tuple[object, ...
         "SELECT jobwire_end_attempt(%s, %s, false, false, true, NULL, 'x', 'k', '')",
         (job_id, token),
     )
-    assert "settled" in violates(
+    assert "written once" in violates(
         conn, "UPDATE jobwire_attempts SET outcome = 'SUCCEEDED' WHERE job_id = %s", job_id
     )
 

@@ -523,7 +523,8 @@ SELECT count(*),
        (SELECT extract(epoch FROM now() - min(finished_at))::float8
         FROM jobwire_jobs WHERE finished_at IS NOT NULL)
 FROM (SELECT extract(epoch FROM a.started_at - j.created_at)::float8 * 1000 AS ms
-      FROM jobwire_attempts a JOIN jobwire_jobs j ON j.id = a.job_id
+      -- The history with the running attempts, whose rows are written when they end.
+      FROM jobwire_attempt_history a JOIN jobwire_jobs j ON j.id = a.job_id
       WHERE a.number = 1 AND a.started_at > %(since)s AND a.started_at <= %(until)s) AS w
 """
 

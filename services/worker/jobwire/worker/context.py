@@ -51,8 +51,10 @@ class LeaseState:
 
     @property
     def deadline(self) -> datetime | None:
+        # Converted at every read and never written back: a thread handler reading it
+        # must not put an older deadline over one the worker set meanwhile.
         if isinstance(self._deadline, timestamp_pb2.Timestamp):
-            self._deadline = self._deadline.ToDatetime(tzinfo=UTC)
+            return self._deadline.ToDatetime(tzinfo=UTC)
         return self._deadline
 
     @deadline.setter

@@ -8,23 +8,45 @@
 -- number, the lease token, the worker) except when it started, which the lease now
 -- stamps in attempt_started_at; the view jobwire_attempt_history shows both kinds.
 --
--- Upgrading: stop the replicas of earlier versions before this is applied. They write a
--- row at the lease, which the constraint below refuses, and settle only attempts that
--- have one.
+-- Upgrading: stop the replicas of earlier versions before this is applied. They would
+-- lease with a row that has not ended, which the check below refuses, and settle an ack
+-- by updating that row: the trigger below refuses any update of the history, so their
+-- acks fail whole (and are resent to a newer replica) instead of settling a job without
+-- recording its attempt.
 
 ALTER TABLE jobwire_jobs ADD COLUMN attempt_started_at timestamptz;
 
--- The attempts running now move to their jobs.
-UPDATE jobwire_jobs j SET attempt_started_at = a.started_at
-FROM jobwire_attempts a
-WHERE a.job_id = j.id AND a.number = j.attempt AND a.outcome = 'RUNNING';
+-- The attempts running now move to their jobs. A running job always had its row; were
+-- one missing, its last update stands in for the start rather than leave it unknown.
+-- Both statements read partial indexes of running jobs and attempts, not whole tables.
+UPDATE jobwire_jobs j SET attempt_started_at = coalesce(
+    (SELECT a.started_at FROM jobwire_attempts a
+     WHERE a.job_id = j.id AND a.number = j.attempt AND a.outcome = 'RUNNING'),
+    j.updated_at)
+WHERE j.state = 'RUNNING';
 DELETE FROM jobwire_attempts WHERE outcome = 'RUNNING';
 
+-- A running attempt's start is known: the attempt's row, written when it ends, needs it.
+ALTER TABLE jobwire_jobs ADD CONSTRAINT attempt_started
+    CHECK (lease_token IS NULL OR attempt_started_at IS NOT NULL) NOT VALID;
+
 -- Only attempts that ended are stored. At most one attempt of a job runs, as a job holds
--- at most one lease token. NOT VALID: the delete above is the check of the rows there
--- are, and a validation would read the whole history under this migration's lock.
+-- at most one lease token. NOT VALID: the statements above are the check of the rows
+-- there are, and a validation would read the whole table under this migration's lock.
 DROP INDEX jobwire_attempts_one_live;
 ALTER TABLE jobwire_attempts ADD CONSTRAINT ended CHECK (outcome <> 'RUNNING') NOT VALID;
+
+-- Written once, never updated: refused per statement, so that a statement that would
+-- update no row fails too (an earlier version's ack, see Upgrading above).
+CREATE FUNCTION jobwire_attempts_are_written_once() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'attempts are written once, when they end; this scheduler is older '
+                    'than the database schema (migration 0004): stop it'
+        USING ERRCODE = 'check_violation';
+END
+$$;
+CREATE TRIGGER jobwire_attempts_are_written_once BEFORE UPDATE ON jobwire_attempts
+    FOR EACH STATEMENT EXECUTE FUNCTION jobwire_attempts_are_written_once();
 
 -- Every attempt of every job, the running one included, oldest first by number.
 CREATE VIEW jobwire_attempt_history AS
