@@ -4,7 +4,6 @@ per test cloned from a migrated template, and a real scheduler on a loopback por
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.support import SchedulerThread
+from tests.support import SchedulerThread, scratch_database
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +50,8 @@ def template_database(postgres_url: str) -> Iterator[str]:
 @pytest.fixture
 def database_url(postgres_url: str, template_database: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"jobwire_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    try:
-        yield make_conninfo(postgres_url, dbname=name)
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(postgres_url, template=template_database) as url:
+        yield url
 
 
 @pytest.fixture

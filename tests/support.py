@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 from jobwire.v1 import job_pb2, jobs_pb2_grpc, leases_pb2, leases_pb2_grpc
+from psycopg.conninfo import make_conninfo
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def scratch_database(postgres_url: str, *, template: str | None = None) -> Iterator[str]:
+    """A new database on the server, empty or a copy of `template`; dropped after."""
+    name = f"jobwire_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
+    try:
+        yield make_conninfo(postgres_url, dbname=name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def wait_for(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,8 @@ import psycopg
 import pytest
 from jobwire.scheduler import migrate
 from jobwire.scheduler.queries import QUERIES
-from psycopg.conninfo import make_conninfo
+
+from tests.support import scratch_database
 
 
 @pytest.fixture
@@ -93,24 +93,11 @@ def test_a_migration_outside_a_transaction_can_run_again(database_url: str) -> N
     assert valid == (True,)
 
 
-@contextlib.contextmanager
-def empty_database(postgres_url: str) -> Iterator[str]:
-    """A database without any table, dropped after."""
-    name = f"jobwire_fresh_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_conninfo(postgres_url, dbname=name)
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_replicas_migrating_at_once_wait_for_each_other(postgres_url: str) -> None:
     """Replicas started together all run `migrate`; one applies, the others wait, even
     for a migration that builds an index CONCURRENTLY (which waits for every session
     holding an older snapshot)."""
-    with empty_database(postgres_url) as url:
+    with scratch_database(postgres_url) as url:
         with ThreadPoolExecutor(3) as pool:
             applied = list(pool.map(lambda _: migrate.apply(url), range(3)))
         assert sorted(len(a) for a in applied) == [0, 0, len(migrate.available())]
@@ -128,7 +115,7 @@ def test_an_attempt_running_during_the_upgrade_keeps_its_history(
     upgrade had its row written at its lease; the row goes, its start moves to the job,
     and the attempt is settled, shown and refused like any other."""
     shipped = migrate.available()
-    with empty_database(postgres_url) as url:
+    with scratch_database(postgres_url) as url:
         monkeypatch.setattr(migrate, "available", lambda: [m for m in shipped if m.version < 4])
         migrate.apply(url)
         with psycopg.connect(url, autocommit=True) as conn:
