@@ -246,7 +246,7 @@ def test_jobs_claimed_for_a_stream_that_ended_meanwhile_go_back_at_once(
         # The claim in the submit's transaction takes long enough for the stream to end.
         conn.execute(
             "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql"
-            " AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$"
+            " AS $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$"
         )
         conn.execute(
             "CREATE TRIGGER slow BEFORE UPDATE ON jobwire_jobs FOR EACH ROW"
@@ -255,7 +255,15 @@ def test_jobs_claimed_for_a_stream_that_ended_meanwhile_go_back_at_once(
         submitting = scheduler.jobs().Submit.future(
             jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(queue=queue, type="echo")])
         )
-        time.sleep(0.2)
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                ).fetchone()
+                == (1,)
+            ),
+            message="the claim to be under way",
+        )
         worker.close()
         job_id = submitting.result(timeout=10).results[0].job.id
         conn.execute("DROP TRIGGER slow ON jobwire_jobs")
