@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobwire.client import Client
 from jobwire.v1 import job_pb2, jobs_pb2
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import make_conninfo
 
 from tests.processes import SchedulerProcess, WorkerProcess, free_port
 from tests.support import SchedulerThread, StreamClient, http_get, wait_for
@@ -325,6 +326,30 @@ def test_readyz_follows_the_database(tmp_path: Path) -> None:
     finally:
         scheduler.stop()
         postgres.stop()
+
+
+def test_the_database_urls_own_options_hold_on_every_connection(database_url: str) -> None:
+    """Settings an operator puts in the URL's `options` (here an application name, which
+    shows in pg_stat_activity) reach every connection, the lease pool's included, though
+    the scheduler adds settings of its own there."""
+    name = f"jobwire-ops-{uuid.uuid4().hex[:8]}"
+    running = SchedulerThread(make_conninfo(database_url, options=f"-c application_name={name}"))
+    running.start()
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+
+            def backends() -> list[str] | None:
+                rows = conn.execute(
+                    "SELECT application_name FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall()
+                # Both pools at their minimum size, and the LISTEN connection.
+                return [r[0] for r in rows] if len(rows) >= 4 else None
+
+            names = wait_for(backends, message="the scheduler's connections")
+    finally:
+        running.stop()
+    assert names == [name] * len(names)
 
 
 # -- worker port and logs -----------------------------------------------------------------
