@@ -141,7 +141,8 @@ def test_an_attempt_running_during_the_upgrade_keeps_its_history(
                 (orphan,),
             )
             monkeypatch.undo()
-            assert [m.version for m in migrate.apply(url)] == [4]
+            applied = [m.version for m in migrate.apply(url)]
+            assert applied == [m.version for m in shipped if m.version >= 4]
             # Its start is the job's last update rather than unknown: its attempt can end.
             (orphan_start,) = conn.execute(
                 "SELECT attempt_started_at = updated_at FROM jobwire_jobs WHERE id = %s",
@@ -349,6 +350,32 @@ def test_lease_lookups_stay_on_the_primary_key_when_nothing_ran(
         assert "Seq Scan on jobwire_jobs" not in plan, (name, plan)
     plan = _generic_plan(conn, end_attempt)
     assert "Index Scan using jobwire_jobs_pkey" in plan, plan
+
+
+def test_a_lost_stream_finds_its_jobs_among_the_running_ones_only(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """Migration 0005 dropped the index of running jobs by worker, which every lease paid
+    for: the pull-in of a lost stream's leases reads the index of running jobs instead,
+    never the backlog or the rest of the table."""
+    conn.execute(
+        """INSERT INTO jobwire_jobs (id, queue, type, payload, run_at, max_attempts,
+               backoff_initial, backoff_max, backoff_multiplier, backoff_jitter, lease_timeout)
+           SELECT gen_random_uuid(), 'q', 't', '{}', now(), 3, '1s', '1min', 2, 0, '30s'
+           FROM generate_series(1, 20000)"""
+    )
+    conn.execute(
+        """UPDATE jobwire_jobs SET state = 'RUNNING', attempt = 1, lease_token = gen_random_uuid(),
+               lease_deadline = now() + interval '30 seconds', attempt_started_at = now(),
+               worker_id = 'w' || (random() * 20)::int
+           WHERE id IN (SELECT id FROM jobwire_jobs LIMIT 2000)"""
+    )
+    conn.execute("ANALYZE jobwire_jobs")
+    indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes")}
+    assert "jobwire_jobs_worker" not in indexes
+    plan = _generic_plan(conn, QUERIES["pull_in_leases"])
+    assert "using jobwire_jobs_leases" in plan, plan
+    assert "Seq Scan" not in plan, plan
 
 
 def test_settling_a_big_batch_stays_linear_when_statistics_saw_nothing_run(
