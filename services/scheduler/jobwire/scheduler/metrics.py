@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from jobwire.ops.series import Series
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -34,6 +35,7 @@ __all__ = [
     "JOBS_SUBMITTED",
     "JOB_RETRIES",
     "JOB_RUN_SECONDS",
+    "JOB_RUN_SECONDS_SERIES",
     "JOB_START_LATENCY",
     "LEASE_EXPIRIES",
     "QUEUES",
@@ -109,6 +111,8 @@ JOB_RUN_SECONDS = Histogram(
     ["queue", "type", "outcome"],
     buckets=_RUN_BUCKETS,
 )
+# Observed for every job settled.
+JOB_RUN_SECONDS_SERIES = Series(JOB_RUN_SECONDS)
 
 
 def count(counter: Counter, labels: Iterable[tuple[str, ...]]) -> None:

@@ -769,6 +769,6 @@ def _record_settled(rows: Sequence[dict[str, Any]], outcomes: Sequence[str]) -> 
     metrics.count(metrics.JOB_RETRIES, ((q, t, "failed") for q, t, o in labels if o == "retried"))
     for row, outcome in zip(rows, outcomes, strict=True):
         if row["run_seconds"] is not None:
-            metrics.JOB_RUN_SECONDS.labels(row["queue"], row["type"], outcome).observe(
+            metrics.JOB_RUN_SECONDS_SERIES(row["queue"], row["type"], outcome).observe(
                 max(0.0, row["run_seconds"])
             )

@@ -310,12 +310,12 @@ class Engine:
     async def _execute(self, execution: Execution) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        execution.logger.info("started")
+        execution.log(logging.INFO, "started")
         try:
             outcome = await execution.run()
             self._forget(execution)
             elapsed = loop.time() - started
-            metrics.HANDLER_SECONDS.labels(type=execution.job_type).observe(elapsed)
+            metrics.HANDLER_SECONDS_SERIES(execution.job_type).observe(elapsed)
             self._finish(execution, outcome, elapsed=elapsed)
             await execution.finished()
         finally:
@@ -332,7 +332,7 @@ class Engine:
         """Counts, logs and reports an attempt's outcome (None: its lease was lost);
         `elapsed` is the handler's run time, None if it never started."""
         label = outcome.label if outcome is not None else "lost"
-        metrics.JOBS.labels(type=execution.job_type, outcome=label).inc()
+        metrics.JOBS_SERIES(execution.job_type, label).inc()
         _log_outcome(execution, outcome, elapsed)
         if outcome is not None:
             self._report(outcome)
@@ -445,19 +445,19 @@ class Engine:
 
 
 def _log_outcome(execution: Execution, outcome: Outcome | None, elapsed: float | None) -> None:
-    logger = execution.logger
     when = "before it started" if elapsed is None else f"after {elapsed:.2f} s"
     if outcome is None:
-        logger.warning("dropped %s: its lease was lost", when)
+        execution.log(logging.WARNING, "dropped %s: its lease was lost", when)
         return
     if outcome.label == "succeeded":
-        logger.info("succeeded %s", when)
+        execution.log(logging.INFO, "succeeded %s", when)
         return
     if outcome.label == "released":
-        logger.info("handed back %s", when)
+        execution.log(logging.INFO, "handed back %s", when)
         return
     nack = outcome.request.nack
-    logger.warning(
+    execution.log(
+        logging.WARNING,
         "%s %s (%s, %s): %s%s",
         outcome.label,
         when,

@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2
 from jobwire.v1 import leases_pb2
 
 from . import outcomes
-from .context import JobContext, JobLogger, LeaseState, job_logger
+from .context import JobContext, JobLogger, LeaseState, job_log, job_logger
 from .errors import JobFailed
 from .outcomes import Outcome
 from .payloads import PayloadError, decode_payload, encode_result
@@ -95,6 +95,11 @@ class Execution:
                 trace_id=job.trace_id,
             )
         return self._logger
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        """A line about this job: the job's logger is built only for a line written."""
+        if job_log.isEnabledFor(level):
+            self.logger.log(level, message, *args)
 
     @property
     def ctx(self) -> JobContext:

@@ -6,13 +6,16 @@ process add to the same series, which is what a scrape of that process should se
 
 from __future__ import annotations
 
+from jobwire.ops.series import Series
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "CONNECTED",
     "HANDLER_SECONDS",
+    "HANDLER_SECONDS_SERIES",
     "IN_FLIGHT",
     "JOBS",
+    "JOBS_SERIES",
     "RECONNECTS",
     "SETTLE_REFUSED",
     "WAITING",
@@ -30,6 +33,9 @@ HANDLER_SECONDS = Histogram(
     ["type"],
     buckets=(0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 60, 300, 900, 3600),
 )
+# Both counted for every job.
+JOBS_SERIES = Series(JOBS)
+HANDLER_SECONDS_SERIES = Series(HANDLER_SECONDS)
 IN_FLIGHT = Gauge("jobwire_worker_jobs_in_flight", "Handlers running now.")
 WAITING = Gauge(
     "jobwire_worker_jobs_prefetched",

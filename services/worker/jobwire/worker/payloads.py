@@ -21,6 +21,9 @@ __all__ = [
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 
+# One encoder for every result: json.dumps with any option set builds a new one per call.
+_RESULT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Result:
@@ -90,7 +93,7 @@ def encode_result(value: Any) -> job_pb2.Payload:
             kind="invalid_result",
         )
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _RESULT_JSON.encode(value)
     except (TypeError, ValueError) as exc:
         raise PayloadError(
             f"handler result is not JSON-serializable: {exc}; return bytes or a Result "
