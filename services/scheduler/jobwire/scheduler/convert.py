@@ -89,11 +89,12 @@ def _attempt_fields(value: Attempt) -> dict[str, Any]:
 
 def job_fields(value: Job) -> dict[str, Any]:
     """The fields of a `job_pb2.Job`, as keywords for it or for a message holding one."""
+    # Fields left at their default are left out rather than set to it: protobuf looks
+    # up every keyword by name, and most jobs have no key, labels, tenant or retry.
     spec: dict[str, Any] = {
         "queue": value.queue,
         "type": value.type,
         "payload": {"data": value.payload, "content_type": value.payload_type},
-        "priority": value.priority,
         "run_at": _timestamp_fields(value.run_at),
         "max_attempts": value.max_attempts,
         "backoff": {
@@ -103,23 +104,31 @@ def job_fields(value: Job) -> dict[str, Any]:
             "jitter": value.backoff.jitter,
         },
         "lease_timeout": _duration_fields(value.lease_timeout),
-        "idempotency_key": value.idempotency_key or "",
-        "labels": dict(value.labels),
     }
+    if value.priority:
+        spec["priority"] = value.priority
+    if value.idempotency_key:
+        spec["idempotency_key"] = value.idempotency_key
+    if value.labels:
+        spec["labels"] = dict(value.labels)
     if value.execution_timeout:
         spec["execution_timeout"] = _duration_fields(value.execution_timeout)
     fields: dict[str, Any] = {
         "id": str(value.id),
         "spec": spec,
-        "tenant": value.tenant,
         "state": STATE_TO_PROTO[value.state],
         "attempt": value.attempt,
         "created_at": _timestamp_fields(value.created_at),
         "updated_at": _timestamp_fields(value.updated_at),
-        "retried_from": str(value.retried_from) if value.retried_from else "",
-        "trace_id": value.trace_id,
-        "cancel_requested": value.cancel_requested,
     }
+    if value.tenant:
+        fields["tenant"] = value.tenant
+    if value.retried_from:
+        fields["retried_from"] = str(value.retried_from)
+    if value.trace_id:
+        fields["trace_id"] = value.trace_id
+    if value.cancel_requested:
+        fields["cancel_requested"] = True
     if value.attempts:
         fields["attempts"] = [_attempt_fields(a) for a in value.attempts]
     if value.result is not None:
