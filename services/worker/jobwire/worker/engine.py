@@ -25,6 +25,9 @@ from .transport import Transport
 __all__ = ["Engine"]
 
 log = logging.getLogger("jobwire.worker")
+# Sent after every job: one message serves every time, as nothing changes a request once
+# queued (the writer reads it, folds it into a batch or serializes it).
+_ONE_CREDIT = leases_pb2.LeaseRequest(credit=leases_pb2.Credit(credits=1))
 
 # google.rpc.Code values used in SettleResult.code.
 OK = 0
@@ -350,7 +353,7 @@ class Engine:
 
     def _grant_credit(self) -> None:
         # Without a stream the next Hello carries the free slots instead.
-        self.connection.send(leases_pb2.LeaseRequest(credit=leases_pb2.Credit(credits=1)))
+        self.connection.send(_ONE_CREDIT)
 
     # -- heartbeat -------------------------------------------------------------------------
 
