@@ -31,8 +31,9 @@ EXPECTED = {
     ],
     "growth": ["index_scan", "jobs_per_s", "small_jobs_per_s", "vs_drain_pct"],
     "mixed": [
-        "first_p50_ms",
-        "last_p99_ms",
+        "early_p50_ms",
+        "late_p99_ms",
+        "worst_p99_ms",
         "latency_grew",
         "submitted_per_s",
         "leased_per_s",
