@@ -3,10 +3,12 @@ cancellation, ordering, Watch, and a stream cut mid-job."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -327,6 +329,41 @@ def test_reconnecting_worker_keeps_its_lease_by_extending(scheduler: SchedulerTh
     assert back.ack(leased).code == OK
     assert get(scheduler, job.id).attempt == 1
     back.close()
+
+
+def test_streams_cut_together_are_pulled_in_together(
+    scheduler: SchedulerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers cut off at once (a network blip) each have their leases shortened to the
+    grace, in one statement for all the cuts that came while one was being written: the
+    statement passes over every running job. A worker still connected keeps its lease."""
+    store = scheduler.scheduler.store
+    real = store.pull_in_leases
+    calls: list[list[str]] = []
+
+    async def slow_first(**kwargs: Any) -> int:
+        calls.append(sorted(kwargs["workers"]))
+        if len(calls) == 1:
+            await asyncio.sleep(0.5)  # the other cuts arrive while this one is written
+        return await real(**kwargs)
+
+    monkeypatch.setattr(store, "pull_in_leases", slow_first)
+    workers = [f"blip-{i}" for i in range(4)] + ["steady"]
+    streams, jobs = {}, {}
+    for worker in workers:
+        job = submit(scheduler, lease_timeout=Duration(seconds=300))
+        streams[worker] = StreamClient(scheduler.target, worker_id=worker)
+        jobs[worker] = streams[worker].next_job().job.id
+        assert jobs[worker] == job.id
+    for worker in workers[:4]:
+        streams[worker].cut()
+    wait_for(lambda: sum(map(len, calls)) == 4, message="the cut streams pulled in")
+    assert len(calls) == 2 and sorted(calls[0] + calls[1]) == workers[:4], calls
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    for worker in workers:
+        deadline = get(scheduler, jobs[worker]).lease_deadline.ToDatetime(tzinfo=UTC)
+        assert (deadline < soon) == (worker != "steady"), (worker, deadline)
+    streams["steady"].close()
 
 
 def test_a_refused_stale_ack_leaves_the_current_holder_reachable(

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
+from uuid import UUID
 
 import grpc
 from jobwire.v1 import leases_pb2, leases_pb2_grpc
@@ -76,6 +77,8 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         self._acks = GroupCommit(self._write_acks, size=len, name="acks")
         self._nacks = GroupCommit(self._write_nacks, size=len, name="nacks")
         self._extensions = GroupCommit(self._write_extensions, name="extensions")
+        # (worker, the jobs its other live streams hold) per stream lost.
+        self._pull_ins = GroupCommit(self._write_pull_ins, name="pull-ins")
 
     # -- the stream -----------------------------------------------------------------------
 
@@ -120,10 +123,8 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
     async def _pull_in(self, session: Session) -> None:
         """The worker is gone: its leases end after the grace unless it extends them."""
         try:
-            await self._store.pull_in_leases(
-                worker_id=session.worker_id,
-                grace=self._stream_grace,
-                keep=self._dispatcher.held_elsewhere(session),
+            await self._pull_ins.submit(
+                (session.worker_id, self._dispatcher.held_elsewhere(session))
             )
         except SchedulerError as exc:
             # The leases keep their full deadline; the reaper still ends them.
@@ -277,12 +278,21 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
             for item, error in zip(items, errors, strict=True)
         ]
 
+    async def _write_pull_ins(self, lost: Sequence[tuple[str, set[UUID]]]) -> list[None]:
+        # Jobs have one worker each, so one set of jobs to keep serves every worker.
+        await self._store.pull_in_leases(
+            workers=[worker for worker, _ in lost],
+            grace=self._stream_grace,
+            keep=set().union(*(held for _, held in lost)),
+        )
+        return [None] * len(lost)
+
     async def close(self) -> None:
         # Streams the server ended on its way down still have their sessions to end; left
         # pending, those tasks would be destroyed with the event loop, mid-way.
         if self._cleanups:
             await asyncio.wait(set(self._cleanups), timeout=_CLEANUP_WAIT)
-        for batcher in (self._acks, self._nacks, self._extensions):
+        for batcher in (self._acks, self._nacks, self._extensions, self._pull_ins):
             await batcher.close()
 
     # -- unary calls ----------------------------------------------------------------------

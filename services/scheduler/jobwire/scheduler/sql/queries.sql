@@ -211,11 +211,14 @@ SELECT id, queue, type, lease_token, due_at_once,
 FROM expired
 
 -- name: pull_in_leases
--- A worker's stream ended: its leases end soon unless it comes back and extends them.
--- Leases a newer stream of the same worker has extended since are kept.
+-- Workers' streams ended: their leases end soon unless they come back and extend them.
+-- Leases that newer streams of the same workers hold are kept. One statement for every
+-- stream that ended meanwhile: it passes over all running jobs (jobwire_jobs_leases,
+-- filtered by worker; migration 0005), so a hundred workers cut off at once must not
+-- make it a hundred passes.
 UPDATE jobwire_jobs SET lease_deadline = least(lease_deadline, now() + %(grace)s::interval),
                         updated_at = clock_timestamp()
-WHERE state = 'RUNNING' AND worker_id = %(worker_id)s AND id <> ALL(%(keep)b::uuid[])
+WHERE state = 'RUNNING' AND worker_id = ANY(%(workers)b::text[]) AND id <> ALL(%(keep)b::uuid[])
 
 -- name: cancel_job
 -- PENDING: cancelled at once. RUNNING: flagged; the attempt ends as CANCELLED.
