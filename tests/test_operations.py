@@ -330,26 +330,34 @@ def test_readyz_follows_the_database(tmp_path: Path) -> None:
 
 def test_the_database_urls_own_options_hold_on_every_connection(database_url: str) -> None:
     """Settings an operator puts in the URL's `options` (here an application name, which
-    shows in pg_stat_activity) reach every connection, the lease pool's included, though
-    the scheduler adds settings of its own there."""
+    shows in pg_stat_activity) reach every connection, the lease pool's included, next to
+    the scheduler's own session settings."""
     name = f"jobwire-ops-{uuid.uuid4().hex[:8]}"
     running = SchedulerThread(make_conninfo(database_url, options=f"-c application_name={name}"))
     running.start()
     try:
+        store = running.scheduler.store
+
+        async def settings(relaxed: bool) -> dict[str, str]:
+            # Straight from each pool: what a statement of the scheduler runs with.
+            async with store._conn(relaxed=relaxed) as conn:
+                cur = await conn.execute(
+                    "SELECT current_setting('application_name') AS app,"
+                    " current_setting('TimeZone') AS zone,"
+                    " current_setting('synchronous_commit') AS flush"
+                )
+                return dict(await cur.fetchone() or {})
+
+        assert running.call(lambda: settings(False)) == {"app": name, "zone": "UTC", "flush": "on"}
+        assert running.call(lambda: settings(True)) == {"app": name, "zone": "UTC", "flush": "off"}
         with psycopg.connect(database_url, autocommit=True) as conn:
-
-            def backends() -> list[str] | None:
-                rows = conn.execute(
-                    "SELECT application_name FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                ).fetchall()
-                # Both pools at their minimum size, and the LISTEN connection.
-                return [r[0] for r in rows] if len(rows) >= 4 else None
-
-            names = wait_for(backends, message="the scheduler's connections")
+            rows = conn.execute(
+                "SELECT application_name FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        assert rows and {r[0] for r in rows} == {name}, rows
     finally:
         running.stop()
-    assert names == [name] * len(names)
 
 
 # -- worker port and logs -----------------------------------------------------------------

@@ -20,7 +20,6 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 from psycopg.abc import Buffer
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -97,17 +96,18 @@ _END_OUTCOMES = {"PENDING": "retried", "FAILED": "failed", "CANCELLED": "cancell
 _SAME_NACK = {Outcome.FAILED, Outcome.CANCELLED, Outcome.RELEASED}
 
 
-# Timestamps come back in UTC: psycopg then gives them datetime.timezone.utc, whose
-# offset Python reads in C, where a zoneinfo zone (the server's default) costs a Python
-# call each time a job's five timestamps are turned into protobuf.
-_UTC = "-c TimeZone=UTC"
+async def _in_utc(conn: Conn) -> None:
+    """Puts the session in UTC, whatever zone the server or the operator set. psycopg
+    then returns timestamps with datetime.timezone.utc, whose offset Python reads in C,
+    where a zoneinfo zone costs a Python call each time a job's timestamps are turned
+    into protobuf. Interval arithmetic in SQL counts a day as 24 hours, and timestamps
+    written into messages (a lease's expiry) read +00."""
+    await conn.execute("SET TimeZone TO 'UTC'")
 
 
-def _session_options(database_url: str, *settings: str) -> str:
-    """The `options` of `database_url` (an operator's own settings) followed by
-    `settings`: passed to a pool as a keyword, `options` replaces the URL's."""
-    given = conninfo_to_dict(database_url).get("options") or ""
-    return " ".join(filter(None, (str(given), *settings)))
+async def _in_utc_unflushed(conn: Conn) -> None:
+    await _in_utc(conn)
+    await conn.execute("SET synchronous_commit TO off")
 
 
 def _translate(exc: Exception) -> SchedulerError:
@@ -133,11 +133,10 @@ class Store:
             max_size=max_size,
             open=False,
             timeout=5.0,
-            kwargs={
-                "autocommit": True,
-                "row_factory": dict_row,
-                "options": _session_options(database_url, _UTC),
-            },
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            # Session settings are SET once a connection is made rather than passed as
+            # `options`, which would replace the operator's own (in the URL or PGOPTIONS).
+            configure=_in_utc,
             name="jobwire",
         )
         # Leases and lease extensions commit without waiting for the WAL flush. Losing one
@@ -150,11 +149,8 @@ class Store:
             max_size=max(2, max_size // 3),
             open=False,
             timeout=5.0,
-            kwargs={
-                "autocommit": True,
-                "row_factory": dict_row,
-                "options": _session_options(database_url, _UTC, "-c synchronous_commit=off"),
-            },
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=_in_utc_unflushed,
             name="jobwire-leases",
         )
         self._checking: asyncio.Task[None] | None = None
@@ -658,9 +654,11 @@ class Store:
             return cur.rowcount
 
     async def pull_in_leases(
-        self, *, worker_id: str, grace: timedelta, keep: Iterable[UUID] = ()
+        self, *, workers: Iterable[str], grace: timedelta, keep: Iterable[UUID] = ()
     ) -> int:
-        params = {"worker_id": worker_id, "grace": grace, "keep": list(keep)}
+        """Shortens the leases of `workers` to `grace` from now, except those of the jobs
+        in `keep`; returns how many it shortened."""
+        params = {"workers": sorted(set(workers)), "grace": grace, "keep": list(keep)}
         async with self._conn() as conn:
             cur = await conn.execute(QUERIES["pull_in_leases"], params)
             return cur.rowcount

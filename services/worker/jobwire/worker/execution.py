@@ -99,7 +99,8 @@ class Execution:
     def log(self, level: int, message: str, *args: object) -> None:
         """A line about this job: the job's logger is built only for a line written."""
         if job_log.isEnabledFor(level):
-            self.logger.log(level, message, *args)
+            # The record names the caller's line, not this one.
+            self.logger.log(level, message, *args, stacklevel=2)
 
     @property
     def ctx(self) -> JobContext:
