@@ -185,6 +185,28 @@ def test_a_job_for_an_idle_worker_is_leased_in_its_submits_transaction(
     worker.close()
 
 
+def test_other_replicas_hear_only_of_jobs_a_submit_left_pending(
+    slow_poll: SchedulerThread,
+) -> None:
+    """A submit that handed all its jobs to idle workers notifies no other replica: its
+    dispatchers would only find the queue empty. One that left a job pending does."""
+    taken, left = "all-handed-over", "one-left-over"
+    workers = [idle_worker(slow_poll, queue, credits=1) for queue in (taken, left)]
+    with psycopg.connect(slow_poll.database_url, autocommit=True) as listener:
+        listener.execute("LISTEN jobwire_submitted")
+        submit(slow_poll, taken)
+        workers[0].next_job()
+        slow_poll.jobs().Submit(
+            jobs_pb2.SubmitRequest(jobs=[job_pb2.JobSpec(queue=left, type="echo")] * 2)
+        )
+        workers[1].next_job()
+        # Notifications go out at commit, in order: the second submit's is there by now.
+        heard = [n.payload.partition(" ")[2] for n in listener.notifies(timeout=1, stop_after=2)]
+    assert heard == [left]
+    for worker in workers:
+        worker.close()
+
+
 def test_a_submits_claim_still_leases_the_most_urgent_ready_job_first(
     slow_poll: SchedulerThread,
 ) -> None:

@@ -242,7 +242,8 @@ class Store:
         """Inserts key-less `jobs`, then leases `claims` in the same transaction: jobs handed
         to idle workers cost one commit instead of two, and their start waits for no
         claim after the submit's. The claims are the ordinary ones (priority order, skip
-        locked), so an older or more urgent ready job still goes first. Returns the
+        locked), so an older or more urgent ready job still goes first. Other replicas
+        hear only of the queues where a job is still pending after the claims. Returns the
         submits and, per claim, the jobs it leased; or None instead of the leases when the
         transaction failed in PostgreSQL (rolled back whole) and the jobs went in alone,
         as the claims' trouble must not cost the producer its submit."""
@@ -256,8 +257,13 @@ class Store:
                 # before the pipeline's one Sync as one transaction, committed at the Sync
                 # (or rolled back whole if a statement fails). One round trip, one flush.
                 async with conn.pipeline():
-                    inserting = await conn.execute(QUERIES[_keyless(insert, full=full)], params)
+                    inserting = await conn.execute(
+                        QUERIES[insert if full else insert + "_returning_id"], params
+                    )
                     leasing = [await conn.execute(QUERIES["lease_jobs"], _claim(c)) for c in claims]
+                    await conn.execute(
+                        QUERIES["notify_still_pending"], {"ids": ids, "origin": self.origin}
+                    )
                 results = _submitted(ids, await inserting.fetchall(), full=full)
                 leased = [[Job.from_row(r) for r in await cursor.fetchall()] for cursor in leasing]
         except (SchedulerError, psycopg.Error) as exc:

@@ -56,6 +56,14 @@ COPY jobwire_jobs (
     lease_timeout, execution_timeout, labels, trace_id
 ) FROM STDIN (FORMAT BINARY)
 
+-- name: notify_still_pending
+-- The NOTIFY of a submit that ran claims of its own (store.submit_and_lease), after them:
+-- only the queues where one of its jobs is still pending. Jobs its claims handed to idle
+-- workers would only send every other replica's dispatcher to find the queue empty.
+SELECT count(pg_notify('jobwire_submitted', %(origin)s::text || ' ' || queue))
+FROM (SELECT DISTINCT queue FROM jobwire_jobs
+      WHERE id = ANY(%(ids)b::uuid[]) AND state = 'PENDING') AS q
+
 -- name: transaction_start
 -- What now() is for every statement of the transaction: the run_at of a job without one.
 SELECT now() AS now
