@@ -337,17 +337,22 @@ def test_streams_cut_together_are_pulled_in_together(
     """Workers cut off at once (a network blip) each have their leases shortened to the
     grace, in one statement for all the cuts that came while one was being written: the
     statement passes over every running job. A worker still connected keeps its lease."""
-    store = scheduler.scheduler.store
+    store, dispatcher = scheduler.scheduler.store, scheduler.scheduler.dispatcher
     real = store.pull_in_leases
     calls: list[list[str]] = []
 
-    async def slow_first(**kwargs: Any) -> int:
+    async def hold_first(**kwargs: Any) -> int:
         calls.append(sorted(kwargs["workers"]))
-        if len(calls) == 1:
-            await asyncio.sleep(0.5)  # the other cuts arrive while this one is written
+        # The first pull-in waits until every cut stream has ended, so that the others'
+        # pull-ins are queued behind it (a stream's session goes as its pull-in is queued).
+        for _ in range(1000):
+            cut = [s for s in dispatcher.sessions if s.worker_id.startswith("blip-")]
+            if len(calls) > 1 or not cut:
+                break
+            await asyncio.sleep(0.01)
         return await real(**kwargs)
 
-    monkeypatch.setattr(store, "pull_in_leases", slow_first)
+    monkeypatch.setattr(store, "pull_in_leases", hold_first)
     workers = [f"blip-{i}" for i in range(4)] + ["steady"]
     streams, jobs = {}, {}
     for worker in workers:
