@@ -43,8 +43,8 @@ def _with_notify(insert: LiteralString) -> LiteralString:
 
 
 # insert_jobs (arrays, for batches) and insert_job (scalars, for one job), each run as
-# *_notify, or *_notify_returning_id for producers who want ids only.
-# Without the NOTIFY, as *_returning_id, for a submit that notifies after its own claims.
+# *_notify, or *_notify_returning_id for producers who want ids only; or without the
+# NOTIFY, as *_returning_id, by a submit that notifies after claims of its own.
 for _insert in ("insert_jobs", "insert_job"):
     QUERIES[_insert + "_returning_id"] = _returning_id(QUERIES[_insert], "id, queue")
     QUERIES[_insert + "_notify"] = _with_notify(QUERIES[_insert])
