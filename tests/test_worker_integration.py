@@ -383,6 +383,43 @@ def test_a_cancelled_prefetched_job_never_starts_and_a_drain_hands_back_the_rest
     assert said[ids[2]][-1] == "handed back before it started"
 
 
+def test_a_draining_worker_says_so_before_it_hands_back_its_prefetched_jobs(
+    scheduler: Any,
+    producer: Producer,
+    start_worker: Callable[..., WorkerThread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A handed-back job is ready again as soon as its release is written: the stream must
+    already be draining then, or the scheduler may lease the job straight back to it."""
+    gate = threading.Event()
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("gated")
+        def gated(payload: Any) -> None:
+            gate.wait(20)
+
+    store, dispatcher = scheduler.scheduler.store, scheduler.scheduler.dispatcher
+    real_nack = store.nack
+    draining_at_release: list[bool] = []
+
+    async def nack(items: Any, **kwargs: Any) -> Any:
+        if any(item.release for item in items):
+            sessions = [s for s in dispatcher.sessions if s.worker_id == "drains"]
+            draining_at_release.append(all(s.draining for s in sessions))
+        return await real_nack(items, **kwargs)
+
+    monkeypatch.setattr(store, "nack", nack)
+    running = start_worker(setup, concurrency=1, prefetch=1, worker_id="drains")
+    ids = [producer.submit("gated", {}) for _ in range(2)]
+    wait_for(lambda: running.worker.prefetched_jobs == 1, message="one job prefetched")
+    stopper = threading.Thread(target=running.stop)
+    stopper.start()
+    producer.wait_state(ids[1], PENDING)
+    gate.set()
+    stopper.join(30)
+    assert draining_at_release == [True]
+
+
 def test_leases_are_extended_while_a_handler_runs(
     producer: Producer, start_worker: Callable[..., WorkerThread]
 ) -> None:

@@ -402,12 +402,14 @@ class Engine:
 
     async def _drain(self, force: asyncio.Event) -> None:
         self._draining = True
+        # Said before the hand-backs below: the scheduler must know this stream takes no
+        # more jobs by the time a handed-back job is ready again, or it may lease it here.
+        self.connection.send(leases_pb2.LeaseRequest(drain=leases_pb2.Drain()))
         # Prefetched jobs have not started: they go back to the queue at once.
         for execution in list(self._waiting):
             self._stop(execution, StopReason.RELEASED, "worker is shutting down")
         grace = self.settings.drain_grace
         log.info("draining: %d job(s) running, up to %g s to finish", len(self._held), grace)
-        self.connection.send(leases_pb2.LeaseRequest(drain=leases_pb2.Drain()))
         await _until_any(self._held_empty.wait(), force.wait(), limit=grace)
         if self._held:
             log.warning("handing back %d job(s) still running", len(self._held))
