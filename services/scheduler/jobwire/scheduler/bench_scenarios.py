@@ -46,10 +46,7 @@ class Sizes:
     """How much work each scenario does (the defaults are the full benchmark)."""
 
     concurrency: int = 32
-    # Deep enough that a no-op worker always has jobs waiting: on 2 busy cores a credit's
-    # way to the scheduler, its claim and the jobs' way back take 10-20 ms, and 32 + 96
-    # jobs in flight covered only that much work, leaving the worker idle half the time.
-    prefetch: int = 512
+    prefetch: int = 96
     drain_jobs: int = 20_000
     single_jobs: int = 10_000
     single_producers: int = 8
