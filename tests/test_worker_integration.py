@@ -405,7 +405,7 @@ def test_a_draining_worker_says_so_before_it_hands_back_its_prefetched_jobs(
     async def nack(items: Any, **kwargs: Any) -> Any:
         if any(item.release for item in items):
             sessions = [s for s in dispatcher.sessions if s.worker_id == "drains"]
-            draining_at_release.append(all(s.draining for s in sessions))
+            draining_at_release.append(bool(sessions) and all(s.draining for s in sessions))
         return await real_nack(items, **kwargs)
 
     monkeypatch.setattr(store, "nack", nack)
