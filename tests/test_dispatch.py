@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
@@ -182,6 +183,63 @@ def test_a_job_for_an_idle_worker_is_leased_in_its_submits_transaction(
     # The claim found the queue empty again, so leasing stays asleep there.
     time.sleep(0.3)  # time for a claim that should not happen
     assert claims(queue, "empty") == empty_before
+    worker.close()
+
+
+def test_a_keyed_job_for_an_idle_worker_is_leased_in_its_submits_transaction(
+    slow_poll: SchedulerThread,
+) -> None:
+    queue = "keyed-handed-over"
+    worker = idle_worker(slow_poll, queue, credits=4)
+    spec = job_pb2.JobSpec(queue=queue, type="echo", idempotency_key="order-1")
+    first = slow_poll.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[spec])).results[0]
+    leased = worker.next_job()
+    assert first.created and leased.job.id == first.job.id
+    assert (first.job.state, first.job.attempt) == (job_pb2.JOB_STATE_RUNNING, 1)
+    with psycopg.connect(slow_poll.database_url) as conn:
+        created, started = conn.execute(
+            "SELECT created_at, attempt_started_at FROM jobwire_jobs WHERE id = %s",
+            (first.job.id,),
+        ).fetchone() or (None, None)
+    assert created is not None and created == started  # one transaction
+    assert claims(queue, "jobs") == 1
+    # The key again: the same job, running, and nothing new for the stream's claim.
+    again = slow_poll.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[spec])).results[0]
+    assert not again.created and again.job.id == first.job.id
+    assert again.job.state == job_pb2.JOB_STATE_RUNNING
+    assert claims(queue, "jobs") == 1
+    worker.close()
+
+
+def test_a_conflicting_key_takes_the_submits_claims_back_with_it(
+    slow_poll: SchedulerThread,
+) -> None:
+    queue = "keyed-conflict"
+    worker = idle_worker(slow_poll, queue, credits=2)
+    (session,) = slow_poll.scheduler.dispatcher.sessions
+    with psycopg.connect(slow_poll.database_url) as conn:
+        # As another replica would have submitted it: ready, and this one is not woken.
+        conn.execute(
+            "INSERT INTO jobwire_jobs (id, queue, type, payload, payload_type, run_at,"
+            " max_attempts, backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,"
+            " lease_timeout, idempotency_key, spec_digest)"
+            " VALUES (gen_random_uuid(), %s, 'echo', '{}', 'application/json', now(), 3,"
+            " '1 second', '1 minute', 2, 0, '30 seconds', 'taken', '\\x00')",
+            (queue,),
+        )
+    clashing = [
+        job_pb2.JobSpec(queue=queue, type="echo"),
+        job_pb2.JobSpec(queue=queue, type="echo", idempotency_key="taken"),
+    ]
+    with pytest.raises(grpc.RpcError) as refused:
+        slow_poll.jobs().Submit(jobs_pb2.SubmitRequest(jobs=clashing))
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with psycopg.connect(slow_poll.database_url) as conn:
+        rows = conn.execute("SELECT state::text, idempotency_key FROM jobwire_jobs").fetchall()
+    # Nothing of the refused transaction stays: not the new job, not a lease of the
+    # ready one; and the credit set aside for the stream's claim is back.
+    assert rows == [("PENDING", "taken")]
+    assert session.credit == 2
     worker.close()
 
 

@@ -226,13 +226,13 @@ class Dispatcher:
         return True
 
     async def submit(self, jobs: Sequence[NewJob], *, full: bool) -> list[Submitted]:
-        """Inserts key-less `jobs` (see `Store.submit`). Streams idle on the queue of a job
-        due now get their claim in the same transaction; every other stream of those
-        queues is woken as for any submit. Nothing raises once the insert has committed."""
+        """Inserts `jobs` (see `Store.submit`). Streams idle on the queue of a job due now
+        get their claim in the same transaction; every other stream of the queues of new
+        jobs is woken as for any submit. Nothing raises once the insert has committed."""
         handoffs = self._plan_handoffs(jobs)
         if not handoffs:
             submitted = await self._store.submit(jobs, full=full)
-            self.wake({job.queue for job in jobs})
+            self.wake(_queues_of_new(jobs, submitted))
             return submitted
         try:
             submitted, leased = await self._store.submit_and_lease(
@@ -245,7 +245,7 @@ class Dispatcher:
         if leased is None:  # the claims failed and the jobs went in without them
             for handoff in handoffs:
                 _give_back(handoff.session, handoff.claim.limit)
-            self.wake({job.queue for job in jobs})
+            self.wake(_queues_of_new(jobs, submitted))
             return submitted
         # Claims that came back short found every job of their queue that was ready: their
         # streams stay idle there, unless something else became ready meanwhile.
@@ -254,7 +254,7 @@ class Dispatcher:
             for h, claimed in zip(handoffs, leased, strict=True)
             if len(claimed) < h.claim.limit and self._readiness(h.claim.queue) == h.readiness
         ]
-        self.wake({job.queue for job in jobs})
+        self.wake(_queues_of_new(jobs, submitted))
         for handoff in idle:
             handoff.session.exhausted[handoff.claim.queue] = self._readiness(handoff.claim.queue)
         for handoff, claimed in zip(handoffs, leased, strict=True):
@@ -409,6 +409,11 @@ class Dispatcher:
         else:
             for one in leased:
                 session.send(convert.message(leases_pb2.LeaseResponse, {"job": one}))
+
+
+def _queues_of_new(jobs: Sequence[NewJob], submitted: Sequence[Submitted]) -> set[str]:
+    """The queues of the jobs a submit created (a reused idempotency key creates none)."""
+    return {job.queue for job, s in zip(jobs, submitted, strict=True) if s.created}
 
 
 def _undelivered(job: Job) -> Nack:

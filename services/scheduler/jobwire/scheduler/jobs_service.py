@@ -96,9 +96,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             # Small, key-less submits from many producers share one insert and one commit.
             submitted = await self._small_submits.submit((new, not request.ids_only))
         else:
-            submitted = await self._store.submit(new, full=not request.ids_only)
-            if any(s.created for s in submitted):
-                self._dispatcher.wake({job.queue for job in new})
+            # Alone: a conflicting key fails its whole transaction. Idle workers still get
+            # their jobs in it.
+            submitted = await self._dispatcher.submit(new, full=not request.ids_only)
         if log.isEnabledFor(logging.DEBUG):
             for job, s in zip(new, submitted, strict=True):
                 if s.created:

@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any
@@ -224,12 +225,11 @@ class Store:
             await self._copy_in(jobs, ids)
             _count_submitted(jobs)
             return [Submitted(job_id=i, job=None, created=True) for i in ids]
-        digests = [job.digest() if job.idempotency_key else None for job in jobs]
-        insert, params = self._insert(jobs, ids, digests)
         if keyed:
-            results = await self._submit_keyed(jobs, insert, ids, digests, params, full=full)
+            results, _ = await self._submit_keyed(jobs, ids, full=full)
         else:
             # Nothing can conflict: one statement inserts and notifies, atomic by itself.
+            insert, params = self._insert(jobs, ids, [None] * len(jobs))
             async with self._conn() as conn:
                 rows = await self._rows(conn, _keyless(insert, full=full), params)
             results = _submitted(ids, rows, full=full)
@@ -239,40 +239,27 @@ class Store:
     async def submit_and_lease(
         self, jobs: Sequence[NewJob], claims: Sequence[Claim], *, full: bool = True
     ) -> tuple[list[Submitted], list[list[Job]] | None]:
-        """Inserts key-less `jobs`, then leases `claims` in the same transaction: jobs handed
-        to idle workers cost one commit instead of two, and their start waits for no
-        claim after the submit's. The claims are the ordinary ones (priority order, skip
-        locked), so an older or more urgent ready job still goes first. Other replicas
-        hear only of the queues where a job is still pending after the claims. Returns the
-        submits and, per claim, the jobs it leased; or None instead of the leases when the
+        """Inserts `jobs` as `submit` does, then leases `claims` in the same transaction:
+        jobs handed to idle workers cost one commit instead of two, and their start waits
+        for no claim after the submit's. The claims are the ordinary ones (priority order,
+        skip locked), so an older or more urgent ready job still goes first. A conflicting
+        idempotency key fails the whole transaction, claims included. Returns the submits
+        and, per claim, the jobs it leased; or None instead of the leases when the
         transaction failed in PostgreSQL (rolled back whole) and the jobs went in alone,
         as the claims' trouble must not cost the producer its submit."""
-        if any(job.idempotency_key for job in jobs):
-            raise ValueError("jobs with idempotency keys are not submitted with leases")
         ids = new_ids(len(jobs))
-        insert, params = self._insert(jobs, ids, [None] * len(jobs))
         try:
-            async with self._conn() as conn:
-                # Pipelined: the statements go out together and PostgreSQL runs everything
-                # before the pipeline's one Sync as one transaction, committed at the Sync
-                # (or rolled back whole if a statement fails). One round trip, one flush.
-                async with conn.pipeline():
-                    inserting = await conn.execute(
-                        QUERIES[insert if full else insert + "_returning_id"], params
-                    )
-                    leasing = [await conn.execute(QUERIES["lease_jobs"], _claim(c)) for c in claims]
-                    await conn.execute(
-                        QUERIES["notify_still_pending"], {"ids": ids, "origin": self.origin}
-                    )
-                results = _submitted(ids, await inserting.fetchall(), full=full)
-                leased = [[Job.from_row(r) for r in await cursor.fetchall()] for cursor in leasing]
+            if any(job.idempotency_key for job in jobs):
+                results, leased = await self._submit_keyed(jobs, ids, full=full, claims=claims)
+            else:
+                results, leased = await self._submit_keyless_and_lease(jobs, ids, claims, full=full)
         except (SchedulerError, psycopg.Error) as exc:
             failure = exc if isinstance(exc, psycopg.Error) else exc.__cause__
             if not isinstance(failure, psycopg.Error) or failure.sqlstate is None:
-                raise  # not reported by PostgreSQL (a lost connection): the outcome is unknown
+                raise  # a refused key, or not reported by PostgreSQL (a lost connection)
             log.warning("a submit with leases failed (%s); submitting without them", exc)
             return await self.submit(jobs, full=full), None
-        _count_submitted(jobs)
+        _count_submitted([job for job, r in zip(jobs, results, strict=True) if r.created])
         for claim, claimed in zip(claims, leased, strict=True):
             _count_leased(claim.queue, claimed)
         if full:
@@ -280,11 +267,30 @@ class Store:
             # would, rather than return the insert's PENDING row.
             running = {job.id: job for claimed in leased for job in claimed}
             results = [
-                Submitted(job_id=r.job_id, job=running[r.job_id], created=True)
-                if r.job_id in running
-                else r
-                for r in results
+                replace(r, job=running[r.job_id]) if r.job_id in running else r for r in results
             ]
+        return results, leased
+
+    async def _submit_keyless_and_lease(
+        self, jobs: Sequence[NewJob], ids: list[UUID], claims: Sequence[Claim], *, full: bool
+    ) -> tuple[list[Submitted], list[list[Job]]]:
+        """Key-less jobs and the claims, pipelined: one round trip, one commit. Other
+        replicas hear only of the queues where a job is still pending after the claims."""
+        insert, params = self._insert(jobs, ids, [None] * len(jobs))
+        async with self._conn() as conn:
+            # Pipelined: the statements go out together and PostgreSQL runs everything
+            # before the pipeline's one Sync as one transaction, committed at the Sync (or
+            # rolled back whole if a statement fails). One round trip, one flush.
+            async with conn.pipeline():
+                inserting = await conn.execute(
+                    QUERIES[insert if full else insert + "_returning_id"], params
+                )
+                leasing = [await conn.execute(QUERIES["lease_jobs"], _claim(c)) for c in claims]
+                await conn.execute(
+                    QUERIES["notify_still_pending"], {"ids": ids, "origin": self.origin}
+                )
+            results = _submitted(ids, await inserting.fetchall(), full=full)
+            leased = [[Job.from_row(r) for r in await cursor.fetchall()] for cursor in leasing]
         return results, leased
 
     def _insert(
@@ -342,15 +348,16 @@ class Store:
     async def _submit_keyed(
         self,
         jobs: Sequence[NewJob],
-        insert: str,
         ids: list[UUID],
-        digests: list[bytes | None],
-        params: dict[str, Any],
         *,
         full: bool,
-    ) -> list[Submitted]:
-        """A batch with idempotency keys: insert what is new, then look up the jobs whose
-        key was taken, all in one transaction."""
+        claims: Sequence[Claim] = (),
+    ) -> tuple[list[Submitted], list[list[Job]]]:
+        """A batch with idempotency keys: insert what is new, look up the jobs whose key
+        was taken, then run `claims` (see `submit_and_lease`), all in one transaction.
+        Returns the submits and, per claim, the jobs it leased."""
+        digests = [job.digest() if job.idempotency_key else None for job in jobs]
+        insert, params = self._insert(jobs, ids, digests)
         async with self._transaction() as conn:
             # The notification of the inserted rows' queues goes out at commit, not at all
             # when a conflicting key rolls the batch back.
@@ -397,7 +404,13 @@ class Store:
                         f"for a different job ({found.id})"
                     )
                 results.append(Submitted(job_id=found.id, job=found, created=False))
-        return results
+            # Every claim runs, even when no job was new: the dispatcher takes a short one
+            # for a queue found empty, and these streams' claims must have seen the queue.
+            leased = [
+                [Job.from_row(r) for r in await self._rows(conn, "lease_jobs", _claim(c))]
+                for c in claims
+            ]
+        return results, leased
 
     async def get(self, job_id: UUID, *, with_attempts: bool = True) -> Job:
         async with self._conn() as conn:
