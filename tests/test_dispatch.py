@@ -3,6 +3,7 @@ returned credit, and at least once per poll interval whatever else wakes it."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -203,43 +204,105 @@ def test_a_keyed_job_for_an_idle_worker_is_leased_in_its_submits_transaction(
         ).fetchone() or (None, None)
     assert created is not None and created == started  # one transaction
     assert claims(queue, "jobs") == 1
-    # The key again: the same job, running, and nothing new for the stream's claim.
+    # The key again: the same job, running; nothing new, so no claim at all.
+    empty_before = claims(queue, "empty")
     again = slow_poll.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[spec])).results[0]
     assert not again.created and again.job.id == first.job.id
     assert again.job.state == job_pb2.JOB_STATE_RUNNING
-    assert claims(queue, "jobs") == 1
+    assert (claims(queue, "jobs"), claims(queue, "empty")) == (1, empty_before)
     worker.close()
 
 
-def test_a_conflicting_key_takes_the_submits_claims_back_with_it(
+def test_a_refused_key_gives_its_claims_credit_back_to_a_claim_that_wanted_it(
     slow_poll: SchedulerThread,
 ) -> None:
-    queue = "keyed-conflict"
-    worker = idle_worker(slow_poll, queue, credits=2)
+    """A keyed submit sets the idle stream's credit aside for its claim. Refused, it
+    gives the credit back and wakes leasing: a job that came meanwhile, and found the
+    stream without credit, is leased now rather than at the next poll."""
+    queue = "keyed-refused"
+    worker = idle_worker(slow_poll, queue, credits=1)
     (session,) = slow_poll.scheduler.dispatcher.sessions
-    with psycopg.connect(slow_poll.database_url) as conn:
-        # As another replica would have submitted it: ready, and this one is not woken.
-        conn.execute(
+    with psycopg.connect(slow_poll.database_url) as blocker:
+        # Another transaction holds the key, uncommitted: the submit's insert waits on it.
+        blocker.execute(
             "INSERT INTO jobwire_jobs (id, queue, type, payload, payload_type, run_at,"
             " max_attempts, backoff_initial, backoff_max, backoff_multiplier, backoff_jitter,"
             " lease_timeout, idempotency_key, spec_digest)"
-            " VALUES (gen_random_uuid(), %s, 'echo', '{}', 'application/json', now(), 3,"
-            " '1 second', '1 minute', 2, 0, '30 seconds', 'taken', '\\x00')",
+            " VALUES (gen_random_uuid(), %s, 'echo', '{}', 'application/json',"
+            " now() + interval '1 hour', 3, '1 second', '1 minute', 2, 0, '30 seconds',"
+            " 'taken', '\\x00')",
             (queue,),
         )
-    clashing = [
-        job_pb2.JobSpec(queue=queue, type="echo"),
-        job_pb2.JobSpec(queue=queue, type="echo", idempotency_key="taken"),
-    ]
-    with pytest.raises(grpc.RpcError) as refused:
-        slow_poll.jobs().Submit(jobs_pb2.SubmitRequest(jobs=clashing))
-    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        keyed = job_pb2.JobSpec(queue=queue, type="echo", idempotency_key="taken")
+        refusal: list[grpc.StatusCode] = []
+
+        def submit_keyed() -> None:
+            try:
+                slow_poll.jobs().Submit(jobs_pb2.SubmitRequest(jobs=[keyed]))
+            except grpc.RpcError as exc:
+                refusal.append(exc.code())
+
+        thread = threading.Thread(target=submit_keyed)
+        thread.start()
+        with psycopg.connect(slow_poll.database_url, autocommit=True) as watcher:
+            wait_for(
+                lambda: (
+                    session.credit == 0
+                    and watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    ).fetchone()
+                    == (1,)
+                ),
+                message="the keyed submit waiting on the key, holding the stream's credit",
+            )
+        meanwhile = submit(slow_poll, queue)  # finds the stream without credit
+        blocker.commit()  # the key is taken, by a different job: the submit is refused
+        thread.join(10)
+    assert refusal == [grpc.StatusCode.ALREADY_EXISTS]
+    assert worker.next_job().job.id == meanwhile
     with psycopg.connect(slow_poll.database_url) as conn:
-        rows = conn.execute("SELECT state::text, idempotency_key FROM jobwire_jobs").fetchall()
-    # Nothing of the refused transaction stays: not the new job, not a lease of the
-    # ready one; and the credit set aside for the stream's claim is back.
-    assert rows == [("PENDING", "taken")]
-    assert session.credit == 2
+        rows = conn.execute(
+            "SELECT state::text, idempotency_key FROM jobwire_jobs ORDER BY idempotency_key"
+        ).fetchall()
+    assert rows == [("PENDING", "taken"), ("RUNNING", None)]  # nothing of the refused one
+    worker.close()
+
+
+def test_a_full_claim_of_a_keyed_submit_is_followed_by_another(
+    slow_poll: SchedulerThread,
+) -> None:
+    """A keyed batch's claim on a queue where its key was reused leases jobs the
+    dispatcher did not know of; came back full, it may have left more, so the stream's
+    next credit brings a claim there."""
+    queue = "keyed-full-claim"
+    reused = job_pb2.JobSpec(queue=queue, type="echo", idempotency_key="reused")
+    submit(slow_poll, queue, idempotency_key="reused")  # no stream yet: it waits
+    worker = StreamClient(slow_poll.target, queues=(queue,), credits=1)
+    worker.ack(worker.next_job())
+    credit(worker)
+    wait_for(lambda: claims(queue, "empty") >= 1, message="the queue found empty")
+    with psycopg.connect(slow_poll.database_url) as conn:
+        # As another replica would have submitted them: this one is not woken.
+        unknown = [
+            str(row[0])
+            for row in conn.execute(
+                "INSERT INTO jobwire_jobs (id, queue, type, payload, payload_type, run_at,"
+                " max_attempts, backoff_initial, backoff_max, backoff_multiplier,"
+                " backoff_jitter, lease_timeout)"
+                " SELECT gen_random_uuid(), %s, 'echo', '{}', 'application/json',"
+                " now() - g * interval '1 second', 3, '1 second', '1 minute', 2, 0,"
+                " '30 seconds' FROM generate_series(2, 1, -1) AS g RETURNING id",
+                (queue,),
+            )
+        ]
+    batch = [job_pb2.JobSpec(queue="keyed-elsewhere", type="echo", idempotency_key="new"), reused]
+    reply = slow_poll.jobs().Submit(jobs_pb2.SubmitRequest(jobs=batch))
+    assert [r.created for r in reply.results] == [True, False]
+    handed_over = worker.next_job(index=1)
+    assert handed_over.job.id == unknown[0]
+    worker.ack(handed_over)
+    credit(worker)
+    assert worker.next_job(index=2).job.id == unknown[1]
     worker.close()
 
 

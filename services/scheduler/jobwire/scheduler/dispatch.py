@@ -241,8 +241,11 @@ class Dispatcher:
         except BaseException:
             for handoff in handoffs:
                 _give_back(handoff.session, handoff.claim.limit)
+            # A claim woken meanwhile (by another submit) may have found these streams
+            # without credit: it is theirs again, so claim where it may be wanted.
+            self.credit_returned()
             raise
-        if leased is None:  # the claims failed and the jobs went in without them
+        if leased is None:  # the claims failed, or no job was new and they did not run
             for handoff in handoffs:
                 _give_back(handoff.session, handoff.claim.limit)
             self.wake(_queues_of_new(jobs, submitted))
@@ -254,7 +257,15 @@ class Dispatcher:
             for h, claimed in zip(handoffs, leased, strict=True)
             if len(claimed) < h.claim.limit and self._readiness(h.claim.queue) == h.readiness
         ]
-        self.wake(_queues_of_new(jobs, submitted))
+        # Also the queues of claims that came back full: more may be ready there than the
+        # dispatcher knows of (another replica's jobs, or an existing job a reused key
+        # names), and the stream's next credit must bring a claim.
+        full_claims = {
+            h.claim.queue
+            for h, claimed in zip(handoffs, leased, strict=True)
+            if len(claimed) == h.claim.limit
+        }
+        self.wake(_queues_of_new(jobs, submitted) | full_claims)
         for handoff in idle:
             handoff.session.exhausted[handoff.claim.queue] = self._readiness(handoff.claim.queue)
         for handoff, claimed in zip(handoffs, leased, strict=True):

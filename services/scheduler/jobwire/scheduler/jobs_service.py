@@ -92,13 +92,20 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             trace_id=trace_id_from(context),
             now=datetime.now(UTC),
         )
-        if len(new) <= MERGEABLE_SUBMIT and not any(job.idempotency_key for job in new):
+        keyed = any(job.idempotency_key for job in new)
+        if len(new) <= MERGEABLE_SUBMIT and not keyed:
             # Small, key-less submits from many producers share one insert and one commit.
             submitted = await self._small_submits.submit((new, not request.ids_only))
-        else:
-            # Alone: a conflicting key fails its whole transaction. Idle workers still get
-            # their jobs in it.
+        elif keyed:
+            # Alone, as a conflicting key fails its whole transaction; idle workers still
+            # get their jobs in it. Their credit waits with it, also behind another
+            # transaction that holds the same key (a concurrent submit of it: milliseconds).
             submitted = await self._dispatcher.submit(new, full=not request.ids_only)
+        else:
+            # A big key-less batch goes in with COPY, several times cheaper per row than
+            # the arrays a claim's transaction would take; leasing is woken for it.
+            submitted = await self._store.submit(new, full=not request.ids_only)
+            self._dispatcher.wake({job.queue for job in new})
         if log.isEnabledFor(logging.DEBUG):
             for job, s in zip(new, submitted, strict=True):
                 if s.created:

@@ -244,9 +244,10 @@ class Store:
         for no claim after the submit's. The claims are the ordinary ones (priority order,
         skip locked), so an older or more urgent ready job still goes first. A conflicting
         idempotency key fails the whole transaction, claims included. Returns the submits
-        and, per claim, the jobs it leased; or None instead of the leases when the
-        transaction failed in PostgreSQL (rolled back whole) and the jobs went in alone,
-        as the claims' trouble must not cost the producer its submit."""
+        and, per claim, the jobs it leased; or None instead of the leases when the claims
+        did not run: the transaction failed in PostgreSQL (rolled back whole) and the jobs
+        went in alone, as the claims' trouble must not cost the producer its submit, or
+        every key was reused and no job was new."""
         ids = new_ids(len(jobs))
         try:
             if any(job.idempotency_key for job in jobs):
@@ -260,6 +261,8 @@ class Store:
             log.warning("a submit with leases failed (%s); submitting without them", exc)
             return await self.submit(jobs, full=full), None
         _count_submitted([job for job, r in zip(jobs, results, strict=True) if r.created])
+        if leased is None:
+            return results, None
         for claim, claimed in zip(claims, leased, strict=True):
             _count_leased(claim.queue, claimed)
         if full:
@@ -352,10 +355,11 @@ class Store:
         *,
         full: bool,
         claims: Sequence[Claim] = (),
-    ) -> tuple[list[Submitted], list[list[Job]]]:
+    ) -> tuple[list[Submitted], list[list[Job]] | None]:
         """A batch with idempotency keys: insert what is new, look up the jobs whose key
         was taken, then run `claims` (see `submit_and_lease`), all in one transaction.
-        Returns the submits and, per claim, the jobs it leased."""
+        Returns the submits and, per claim, the jobs it leased; None instead when no job
+        was new and the claims did not run."""
         digests = [job.digest() if job.idempotency_key else None for job in jobs]
         insert, params = self._insert(jobs, ids, digests)
         async with self._transaction() as conn:
@@ -404,12 +408,17 @@ class Store:
                         f"for a different job ({found.id})"
                     )
                 results.append(Submitted(job_id=found.id, job=found, created=False))
-            # Every claim runs, even when no job was new: the dispatcher takes a short one
-            # for a queue found empty, and these streams' claims must have seen the queue.
-            leased = [
-                [Job.from_row(r) for r in await self._rows(conn, "lease_jobs", _claim(c))]
-                for c in claims
-            ]
+            # Without a new job there is nothing new to claim: the streams were idle on these
+            # queues when the claims were planned. A producer retrying with its key costs
+            # no claim.
+            leased = (
+                [
+                    [Job.from_row(r) for r in await self._rows(conn, "lease_jobs", _claim(c))]
+                    for c in claims
+                ]
+                if inserted or not claims
+                else None
+            )
         return results, leased
 
     async def get(self, job_id: UUID, *, with_attempts: bool = True) -> Job:
