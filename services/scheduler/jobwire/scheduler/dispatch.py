@@ -239,15 +239,10 @@ class Dispatcher:
                 jobs, [h.claim for h in handoffs], full=full
             )
         except BaseException:
-            for handoff in handoffs:
-                _give_back(handoff.session, handoff.claim.limit)
-            # A claim woken meanwhile (by another submit) may have found these streams
-            # without credit: it is theirs again, so claim where it may be wanted.
-            self.credit_returned()
+            self._unplan(handoffs)
             raise
         if leased is None:  # the claims failed, or no job was new and they did not run
-            for handoff in handoffs:
-                _give_back(handoff.session, handoff.claim.limit)
+            self._unplan(handoffs)
             self.wake(_queues_of_new(jobs, submitted))
             return submitted
         # Claims that came back short found every job of their queue that was ready: their
@@ -273,6 +268,14 @@ class Dispatcher:
         for handoff, claimed in zip(handoffs, leased, strict=True):
             await self._deliver(handoff.session, handoff.claim.queue, claimed)
         return submitted
+
+    def _unplan(self, handoffs: Sequence[Handoff]) -> None:
+        """The handoffs' claims did not run: their credit is the streams' again. A claim
+        woken meanwhile (by another submit) may have found them without it, so leasing is
+        woken where it may be wanted."""
+        for handoff in handoffs:
+            _give_back(handoff.session, handoff.claim.limit)
+        self.credit_returned()
 
     async def _hand_back(self, jobs: Sequence[Job]) -> None:
         """The stream ended while its claim ran, so no worker got these jobs: they go back
