@@ -231,7 +231,7 @@ class Store:
             # Nothing can conflict: one statement inserts and notifies, atomic by itself.
             insert, params = self._insert(jobs, ids, [None] * len(jobs))
             async with self._conn() as conn:
-                rows = await self._rows(conn, _keyless(insert, full=full), params)
+                rows = await self._rows(conn, _notifying(insert, full=full), params)
             results = _submitted(ids, rows, full=full)
         _count_submitted([job for job, r in zip(jobs, results, strict=True) if r.created])
         return results
@@ -365,17 +365,10 @@ class Store:
         async with self._transaction() as conn:
             # The notification of the inserted rows' queues goes out at commit, not at all
             # when a conflicting key rolls the batch back.
-            inserted: dict[UUID, Job | None] = (
-                {
-                    row["id"]: Job.from_row(row)
-                    for row in await self._rows(conn, insert + "_notify", params)
-                }
-                if full
-                else {
-                    row["id"]: None
-                    for row in await self._rows(conn, insert + "_notify_returning_id", params)
-                }
-            )
+            inserted: dict[UUID, Job | None] = {
+                row["id"]: Job.from_row(row) if full else None
+                for row in await self._rows(conn, _notifying(insert, full=full), params)
+            }
             # Rows whose key was taken (by an older job or earlier in this batch).
             skipped = [i for i, job_id in enumerate(ids) if job_id not in inserted]
             existing: dict[tuple[str, str, str], Job] = {}
@@ -735,8 +728,9 @@ def _count_submitted(jobs: Iterable[NewJob]) -> None:
     metrics.count(metrics.JOBS_SUBMITTED, ((job.queue, job.type) for job in jobs))
 
 
-def _keyless(insert: str, *, full: bool) -> str:
-    """The statement inserting key-less jobs and notifying other replicas of them."""
+def _notifying(insert: str, *, full: bool) -> str:
+    """The statement inserting jobs and notifying other replicas of them, returning the
+    rows whole or their ids only."""
     return insert + ("_notify" if full else "_notify_returning_id")
 
 
