@@ -536,6 +536,49 @@ def test_a_lost_lease_stops_the_handler_without_reporting(
     assert producer.get(job_id).attempts[0].outcome == job_pb2.ATTEMPT_OUTCOME_LEASE_EXPIRED
 
 
+def test_a_job_leased_again_to_the_same_worker_stops_its_earlier_attempt(
+    producer: Producer,
+    start_worker: Callable[..., WorkerThread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobwire.worker import engine
+
+    # No extension before the test ends: the first lease expires, the reaper puts the job
+    # back, and this worker, the only one, leases it again under a new token. Nothing but
+    # the new lease can tell the first attempt that it is over.
+    monkeypatch.setattr(engine.Engine, "_extend_interval", lambda self, execution: 60.0)
+    first_cancelled = threading.Event()
+
+    def setup(worker: Worker) -> None:
+        @worker.handler("stuck-once")
+        async def stuck_once(payload: Any, ctx: JobContext) -> str:
+            if ctx.attempt == 1:
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    first_cancelled.set()
+                    raise
+            return "second"
+
+    running = start_worker(setup)
+    job_id = producer.submit(
+        "stuck-once",
+        {},
+        max_attempts=2,
+        lease_timeout=Duration(seconds=1),
+        backoff=job_pb2.BackoffPolicy(initial=Duration(nanos=1)),
+    )
+    job = producer.wait_state(job_id, SUCCEEDED)
+    assert job.attempt == 2
+    assert first_cancelled.wait(10)
+    wait_for(lambda: running.worker.active_jobs == 0, message="the first attempt to be dropped")
+    assert running.worker.unsettled_outcomes == 0
+    assert [a.outcome for a in job.attempts] == [
+        job_pb2.ATTEMPT_OUTCOME_LEASE_EXPIRED,
+        job_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
+    ]
+
+
 def test_async_with_runs_and_drains(scheduler: Any, producer: Producer) -> None:
     worker = Worker(scheduler.target, concurrency=2)
     register_builtins(worker)

@@ -48,6 +48,9 @@ class Engine:
         self._draining = False
         self._closing = False
         self._held: dict[str, Execution] = {}  # by lease token: outcome not decided yet
+        # The same executions by job id, the latest lease of each job: a job leased again
+        # is found without going over every held lease, for every job that arrives.
+        self._held_jobs: dict[str, Execution] = {}
         # Prefetched jobs waiting for a slot (also in _held: their leases are extended).
         self._waiting: deque[Execution] = deque()
         self._held_empty = asyncio.Event()
@@ -199,11 +202,13 @@ class Engine:
             )
             self._grant_credit()  # the slot this job would have used is still free
             return
-        for other in [ex for ex in self._held.values() if ex.job_id == job.id]:
+        earlier = self._held_jobs.get(job.id)
+        if earlier is not None:
             # Leased again under a new token: the old attempt cannot settle any more.
-            self._stop(other, StopReason.LOST, "job leased again")
+            self._stop(earlier, StopReason.LOST, "job leased again")
         execution = Execution(leased, spec, worker_id=self.settings.worker_id, pool=self._pool)
         self._held[token] = execution
+        self._held_jobs[job.id] = execution
         self._held_empty.clear()
         due = execution.extended_at + self._extend_interval(execution)
         if self._next_extension is None or due < self._next_extension:
@@ -341,6 +346,8 @@ class Engine:
             self._report(outcome)
 
     def _forget(self, execution: Execution) -> None:
+        if self._held_jobs.get(execution.job_id) is execution:
+            del self._held_jobs[execution.job_id]
         if self._held.get(execution.lease_token) is execution:
             del self._held[execution.lease_token]
             if not self._held:
