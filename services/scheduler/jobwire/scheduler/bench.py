@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--prefetch",
         env="JOBWIRE_BENCH_PREFETCH",
-        default=96,
+        default=480,
         type=non_negative_int,
         help="jobs each worker leases ahead of its free slots (its --prefetch)",
     )

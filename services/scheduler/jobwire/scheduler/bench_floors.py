@@ -28,13 +28,14 @@ from psycopg.rows import dict_row
 from .bench_report import percentile
 from .bench_scenarios import BACKLOG, QUEUE, Bench, RunResult, database, paced, producers
 from .bench_stack import BenchError, CpuMeter
+from .dispatch import LEASE_CHUNK
 from .queries import QUERIES
 
 Conn = psycopg.Connection[dict[str, Any]]
 Cpu = dict[str, float]
 
 # PostgreSQL's loop leases as many jobs per statement as the dispatcher does at most.
-CLAIM = 64
+CLAIM = LEASE_CHUNK
 
 
 def floors(bench: Bench) -> RunResult:

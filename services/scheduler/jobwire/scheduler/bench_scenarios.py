@@ -46,7 +46,7 @@ class Sizes:
     """How much work each scenario does (the defaults are the full benchmark)."""
 
     concurrency: int = 32
-    prefetch: int = 96
+    prefetch: int = 480
     drain_jobs: int = 20_000
     single_jobs: int = 10_000
     single_producers: int = 8

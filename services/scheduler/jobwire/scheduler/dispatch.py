@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # Most jobs claimed by one statement. A stream with more credit than this gets several
 # claims in a row, so its worker starts on the first jobs while the next are claimed,
 # instead of each side waiting for the other's whole batch.
-LEASE_CHUNK = 64
+LEASE_CHUNK = 128
 # Queues whose readiness is tracked one by one; beyond, every queue starts over together.
 MAX_QUEUE_GENERATIONS = 10_000
 
