@@ -63,6 +63,7 @@ class Session:
     # a claim for this stream came back short: nothing more of that queue is ready for
     # it until one of them moves on.
     exhausted: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _answers: list[leases_pb2.SettleResult] = field(default_factory=list)
 
     @property
     def wants_jobs(self) -> bool:
@@ -75,6 +76,23 @@ class Session:
     def send(self, message: leases_pb2.LeaseResponse) -> None:
         if not self.closed:
             self.outbox.put_nowait(message)
+
+    def answer(self, results: Sequence[leases_pb2.SettleResult]) -> None:
+        """Sends answers to the worker's outcomes and extensions. Those given in the same
+        turn of the event loop go out as one message to a worker that reads several per
+        message: a batch of acks written for several of its messages is answered once,
+        not once per message."""
+        if not self.batches:
+            for result in results:
+                self.send(leases_pb2.LeaseResponse(result=result))
+            return
+        if not self._answers:
+            asyncio.get_running_loop().call_soon(self._send_answers)
+        self._answers.extend(results)
+
+    def _send_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        self.send(leases_pb2.LeaseResponse(results=leases_pb2.SettleResults(results=answers)))
 
     def close(self) -> None:
         if not self.closed:

@@ -215,7 +215,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
                 self._dispatcher.release(outcome.job_id, outcome.lease_token)
                 self._changes.changed(outcome.job_id)
                 _answered(result, error)
-            _send_results(session, results)
+            session.answer(results)
 
         written = batcher.submit(parsed)
         session.track(written)
@@ -228,7 +228,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         try:
             parsed = validation.extension(item, where, self._limits)
         except SchedulerError as exc:
-            session.send(_answer(result, exc))
+            session.answer([_answered(result, exc)])
             return
         parsed = replace(parsed, worker_id=session.worker_id)
         future = self._extensions.submit(parsed)
@@ -241,9 +241,9 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
                 self._dispatcher.hold(session, parsed.job_id, parsed.lease_token)
                 result.lease_deadline.CopyFrom(convert.timestamp(outcome.lease_deadline))
                 result.cancel_requested = outcome.cancel_requested
-                session.send(_answer(result, None))
+                session.answer([_answered(result, None)])
             else:
-                session.send(_answer(result, outcome))
+                session.answer([_answered(result, outcome)])
 
         session.track(future)
         future.add_done_callback(extended)
@@ -341,31 +341,23 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
 
 
 def _merge(first: leases_pb2.LeaseResponse, session: Session) -> list[leases_pb2.LeaseResponse]:
-    """Everything already waiting in the outbox, with single jobs and answers packed into
-    one message each: fewer, larger writes when a worker is busy, the same latency when
-    not. Other messages (cancel notices, ready-made job batches) keep their place, so a
-    cancel never overtakes the job it is about."""
+    """Everything already waiting in the outbox, with single jobs packed into one message:
+    fewer, larger writes when a worker is busy, the same latency when not. (Answers come
+    packed already, see `Session.answer`.) Other messages (cancel notices, answers,
+    ready-made job batches) keep their place, so a cancel never overtakes the job it is
+    about."""
     merged: list[leases_pb2.LeaseResponse] = []
     jobs: list[leases_pb2.LeasedJob] = []
-    results: list[leases_pb2.SettleResult] = []
 
     def flush() -> None:
         if jobs:
             merged.append(leases_pb2.LeaseResponse(jobs=leases_pb2.LeasedJobs(jobs=jobs)))
             jobs.clear()
-        if results:
-            merged.append(
-                leases_pb2.LeaseResponse(results=leases_pb2.SettleResults(results=results))
-            )
-            results.clear()
 
     message: leases_pb2.LeaseResponse | None = first
     while message is not None:
-        kind = message.WhichOneof("kind")
-        if kind == "job":
+        if message.WhichOneof("kind") == "job":
             jobs.append(message.job)
-        elif kind == "result":
-            results.append(message.result)
         else:
             flush()
             merged.append(message)
@@ -404,7 +396,7 @@ def _parse(
         else:
             pending.append(result)
     if refused:
-        _send_results(session, refused)
+        session.answer(refused)
     return parsed, pending
 
 
@@ -430,18 +422,3 @@ def _answered(
         result.code = grpc.StatusCode.INTERNAL.value[0]
         result.message = "internal error"
     return result
-
-
-def _answer(
-    result: leases_pb2.SettleResult, error: BaseException | None
-) -> leases_pb2.LeaseResponse:
-    return leases_pb2.LeaseResponse(result=_answered(result, error))
-
-
-def _send_results(session: Session, results: list[leases_pb2.SettleResult]) -> None:
-    """Several answers in one message to a worker that reads them so, else one each."""
-    if session.batches:
-        session.send(leases_pb2.LeaseResponse(results=leases_pb2.SettleResults(results=results)))
-    else:
-        for result in results:
-            session.send(leases_pb2.LeaseResponse(result=result))
