@@ -21,6 +21,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc
 from jobwire.worker import JobContext, Worker, register_builtins
+from prometheus_client import REGISTRY
 
 from tests.processes import QUIET
 from tests.support import wait_for
@@ -330,6 +331,9 @@ def test_prefetched_jobs_wait_for_a_slot_with_their_leases_held(
     time.sleep(2.5)
     assert [producer.get(i).state for i in ids] == [RUNNING, RUNNING, RUNNING, PENDING]
     assert started == [0]
+    # The gauges count the engine's jobs when read.
+    assert REGISTRY.get_sample_value("jobwire_worker_jobs_in_flight") == 1
+    assert REGISTRY.get_sample_value("jobwire_worker_jobs_prefetched") == 2
     gate.set()
     for n, job_id in enumerate(ids):
         job = producer.wait_state(job_id, SUCCEEDED)

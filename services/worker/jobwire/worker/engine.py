@@ -95,6 +95,11 @@ class Engine:
         return len(self._waiting)
 
     @property
+    def running_handlers(self) -> int:
+        """Handlers that have not returned, stopped ones included."""
+        return self._slots
+
+    @property
     def unsettled_outcomes(self) -> int:
         return len(self._unsettled)
 
@@ -107,6 +112,7 @@ class Engine:
             self.connection.run(), name=f"jobwire-worker-{self.settings.worker_id}"
         )
         stopping = asyncio.create_task(stop.wait())
+        metrics.ENGINES.watch(self)
         try:
             await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if connection.done():
@@ -125,6 +131,7 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._transport.close()
             self._pool.shutdown()
+            metrics.ENGINES.unwatch(self)
 
     # -- what opens every stream -------------------------------------------------------
 
@@ -217,11 +224,9 @@ class Engine:
             self._launch(execution)
         else:
             self._waiting.append(execution)
-            metrics.WAITING.inc()
 
     def _launch(self, execution: Execution) -> None:
         self._slots += 1
-        metrics.IN_FLIGHT.inc()
         task = asyncio.create_task(
             self._execute(execution), name=f"jobwire-attempt-{execution.job_id}"
         )
@@ -237,7 +242,6 @@ class Engine:
             return False
         if execution in self._waiting:
             self._waiting.remove(execution)
-            metrics.WAITING.dec()
             self._forget(execution)
             outcome = execution.stopped_outcome()
             self._finish(execution, outcome, elapsed=None)
@@ -248,7 +252,6 @@ class Engine:
 
     def _start_waiting(self) -> None:
         while self._waiting and self._slots < self.settings.concurrency:
-            metrics.WAITING.dec()
             self._launch(self._waiting.popleft())
 
     def _on_cancel(self, notice: leases_pb2.CancelNotice) -> None:
@@ -329,7 +332,6 @@ class Engine:
         finally:
             self._forget(execution)
             self._slots -= 1
-            metrics.IN_FLIGHT.dec()
             if not self._draining and not self._closing:
                 self._start_waiting()
                 self._grant_credit()

@@ -6,11 +6,16 @@ process add to the same series, which is what a scrape of that process should se
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
 from jobwire.ops.series import Series
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "CONNECTED",
+    "ENGINES",
     "HANDLER_SECONDS",
     "HANDLER_SECONDS_SERIES",
     "IN_FLIGHT",
@@ -36,11 +41,48 @@ HANDLER_SECONDS = Histogram(
 # Both counted for every job.
 JOBS_SERIES = Series(JOBS)
 HANDLER_SECONDS_SERIES = Series(HANDLER_SECONDS)
+
+
+class EngineCounts(Protocol):
+    @property
+    def running_handlers(self) -> int: ...
+
+    @property
+    def prefetched_jobs(self) -> int: ...
+
+
+class RunningEngines:
+    """The engines running in this process, whose jobs the gauges below add up when
+    scraped: moving a gauge takes a lock, and every job would move two of them twice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: list[EngineCounts] = []
+
+    def watch(self, engine: EngineCounts) -> None:
+        with self._lock:
+            self._engines.append(engine)
+
+    def unwatch(self, engine: EngineCounts) -> None:
+        with self._lock:
+            if engine in self._engines:
+                self._engines.remove(engine)
+
+    def total(self, count: Callable[[EngineCounts], int]) -> int:
+        """The sum of `count` over the engines; called from the scrape's thread."""
+        with self._lock:
+            engines = list(self._engines)
+        return sum(count(engine) for engine in engines)
+
+
+ENGINES = RunningEngines()
 IN_FLIGHT = Gauge("jobwire_worker_jobs_in_flight", "Handlers running now.")
+IN_FLIGHT.set_function(lambda: ENGINES.total(lambda engine: engine.running_handlers))
 WAITING = Gauge(
     "jobwire_worker_jobs_prefetched",
     "Jobs leased ahead (--prefetch) and waiting for a free slot.",
 )
+WAITING.set_function(lambda: ENGINES.total(lambda engine: engine.prefetched_jobs))
 CONNECTED = Gauge(
     "jobwire_worker_connected", "1 while a Lease stream to the scheduler is open, else 0."
 )
