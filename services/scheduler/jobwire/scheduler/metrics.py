@@ -13,20 +13,17 @@ process (as in tests) add to the same series.
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from jobwire.ops.series import Series
+from jobwire.ops.watched import Watched
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .model import QueueStats
-
-if TYPE_CHECKING:
-    from .dispatch import Dispatcher
 
 __all__ = [
     "COMPUTED_GAUGES",
@@ -189,28 +186,17 @@ class QueueSnapshot(Collector):
         yield age
 
 
-class ConnectedWorkers(Collector):
-    """`jobwire_workers_connected` and `jobwire_worker_credit`: the Lease streams of this
-    replica, read at scrape time."""
+class StreamCounts(Protocol):
+    def workers_by_queue(self) -> dict[str, tuple[int, int]]: ...
 
-    def __init__(self) -> None:
-        self._dispatchers: list[Dispatcher] = []
-        self._lock = threading.Lock()
 
-    def watch(self, dispatcher: Dispatcher) -> None:
-        with self._lock:
-            self._dispatchers.append(dispatcher)
-
-    def unwatch(self, dispatcher: Dispatcher) -> None:
-        with self._lock:
-            if dispatcher in self._dispatchers:
-                self._dispatchers.remove(dispatcher)
+class ConnectedWorkers(Watched[StreamCounts], Collector):
+    """`jobwire_workers_connected` and `jobwire_worker_credit`: the Lease streams of the
+    watched dispatchers (this replica's), read at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
         totals: dict[str, tuple[int, int]] = {}
-        with self._lock:
-            dispatchers = list(self._dispatchers)
-        for dispatcher in dispatchers:
+        for dispatcher in self.watched():
             for queue, (streams, credit) in dispatcher.workers_by_queue().items():
                 known = totals.get(queue, (0, 0))
                 totals[queue] = (known[0] + streams, known[1] + credit)

@@ -6,11 +6,11 @@ process add to the same series, which is what a scrape of that process should se
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
 from jobwire.ops.series import Series
+from jobwire.ops.watched import Watched
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -51,28 +51,12 @@ class EngineCounts(Protocol):
     def prefetched_jobs(self) -> int: ...
 
 
-class RunningEngines:
+class RunningEngines(Watched[EngineCounts]):
     """The engines running in this process, whose jobs the gauges below add up when
     scraped: moving a gauge takes a lock, and every job would move two of them twice."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._engines: list[EngineCounts] = []
-
-    def watch(self, engine: EngineCounts) -> None:
-        with self._lock:
-            self._engines.append(engine)
-
-    def unwatch(self, engine: EngineCounts) -> None:
-        with self._lock:
-            if engine in self._engines:
-                self._engines.remove(engine)
-
     def total(self, count: Callable[[EngineCounts], int]) -> int:
-        """The sum of `count` over the engines; called from the scrape's thread."""
-        with self._lock:
-            engines = list(self._engines)
-        return sum(count(engine) for engine in engines)
+        return sum(count(engine) for engine in self.watched())
 
 
 ENGINES = RunningEngines()
