@@ -263,6 +263,32 @@ def test_settled_attempts_are_history(conn: psycopg.Connection[tuple[object, ...
     )
 
 
+def test_retention_deletes_the_attempts_of_the_jobs_it_prunes(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """No foreign key deletes an attempt's row with its job (migration 0006): retention's
+    statement does, and only for the jobs it prunes."""
+    finished, retried = insert_job(conn), insert_job(conn)
+    token = lease(conn, finished)
+    conn.execute(
+        QUERIES["ack_jobs"],
+        {"id": [finished], "token": [token], "result": [b"1"], "result_type": [""]},
+    )
+    conn.execute(
+        "SELECT jobwire_end_attempt(%s, %s, false, false, true, NULL, 'x', 'k', '')",
+        (retried, lease(conn, retried)),
+    )
+    attempts = "SELECT job_id FROM jobwire_attempts ORDER BY job_id"
+    assert conn.execute(attempts).fetchall() == sorted([(finished,), (retried,)])
+
+    pruned = conn.execute(
+        QUERIES["prune_finished"], {"retention": timedelta(0), "limit": 10}
+    ).rowcount
+    assert pruned == 1
+    assert conn.execute("SELECT id FROM jobwire_jobs").fetchall() == [(retried,)]
+    assert conn.execute(attempts).fetchall() == [(retried,)]
+
+
 def test_end_attempt_refuses_a_stale_token(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     job_id = insert_job(conn)
     lease(conn, job_id)

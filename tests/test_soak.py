@@ -219,6 +219,13 @@ def audit(conn: psycopg.Connection[tuple[object, ...]], ids: list[str]) -> None:
                   GROUP BY job_id HAVING count(*) > 1) twice""")
         == 0
     ), "succeeded twice"
+    # Every attempt's row belongs to a job (no foreign key says so: migration 0006), also
+    # after retention pruned jobs.
+    orphans = conn.execute(
+        "SELECT count(*) FROM jobwire_attempts a"
+        " WHERE NOT EXISTS (SELECT 1 FROM jobwire_jobs j WHERE j.id = a.job_id)"
+    ).fetchone()
+    assert orphans == (0,), "an attempt outlived its job"
     # Attempt numbers are 1..attempt without gaps, and match the job's counter.
     assert (
         one("""SELECT count(*) FROM jobwire_jobs j

@@ -308,13 +308,16 @@ SELECT value FROM jobwire_secrets WHERE name = 'page_token'
 SELECT version FROM jobwire_migrations
 
 -- name: prune_finished
--- Retention: deletes a small batch of the oldest finished jobs (attempts go with them).
--- SKIP LOCKED keeps replicas from waiting on each other; leasing never touches these rows.
+-- Retention: deletes a small batch of the oldest finished jobs with their attempts' rows
+-- (no foreign key deletes those: migration 0006). SKIP LOCKED keeps replicas from
+-- waiting on each other; leasing never touches these rows.
 WITH doomed AS (
     SELECT id FROM jobwire_jobs
     WHERE finished_at < now() - %(retention)s::interval
     ORDER BY finished_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), history AS (
+    DELETE FROM jobwire_attempts a USING doomed WHERE a.job_id = doomed.id
 )
 DELETE FROM jobwire_jobs j USING doomed WHERE j.id = doomed.id
