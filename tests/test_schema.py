@@ -378,6 +378,32 @@ def test_lease_lookups_stay_on_the_primary_key_when_nothing_ran(
     assert "Index Scan using jobwire_jobs_pkey" in plan, plan
 
 
+def test_retention_deletes_its_batch_through_the_primary_keys(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """A batch of 500 finished jobs joined with the tables was planned as hash joins over
+    a sequential scan of each table, on every prune: its deletes look the batch up by key."""
+    conn.execute(
+        """INSERT INTO jobwire_jobs (id, queue, type, payload, run_at, max_attempts,
+               backoff_initial, backoff_max, backoff_multiplier, backoff_jitter, lease_timeout,
+               state, attempt, result, finished_at)
+           SELECT gen_random_uuid(), 'q', 't', '{}', now(), 3, '1s', '1min', 2, 0, '30s',
+                  'SUCCEEDED', 1, '1', now()
+           FROM generate_series(1, 20000)"""
+    )
+    conn.execute(
+        """INSERT INTO jobwire_attempts (job_id, number, lease_token, worker_id, started_at,
+               finished_at, outcome, next_state)
+           SELECT id, 1, gen_random_uuid(), 'w', now(), now(), 'SUCCEEDED', 'SUCCEEDED'
+           FROM jobwire_jobs"""
+    )
+    conn.execute("ANALYZE jobwire_jobs")
+    conn.execute("ANALYZE jobwire_attempts")
+    plan = _generic_plan(conn, QUERIES["prune_finished"])
+    assert "Seq Scan" not in plan, plan
+    assert "jobwire_attempts_pkey" in plan and "jobwire_jobs_pkey" in plan, plan
+
+
 def test_a_lost_stream_finds_its_jobs_among_the_running_ones_only(
     conn: psycopg.Connection[tuple[object, ...]],
 ) -> None:

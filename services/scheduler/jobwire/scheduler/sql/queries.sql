@@ -318,6 +318,8 @@ WITH doomed AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), history AS (
-    DELETE FROM jobwire_attempts a USING doomed WHERE a.job_id = doomed.id
+    -- An array rather than a join: a join of a small batch with the whole table was
+    -- planned as a hash join over a sequential scan of it.
+    DELETE FROM jobwire_attempts WHERE job_id = ANY(ARRAY(SELECT id FROM doomed))
 )
-DELETE FROM jobwire_jobs j USING doomed WHERE j.id = doomed.id
+DELETE FROM jobwire_jobs WHERE id = ANY(ARRAY(SELECT id FROM doomed))
