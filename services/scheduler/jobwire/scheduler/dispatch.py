@@ -91,11 +91,13 @@ class Session:
         self._answers.extend(results)
 
     def _send_answers(self) -> None:
-        answers, self._answers = self._answers, []
-        self.send(leases_pb2.LeaseResponse(results=leases_pb2.SettleResults(results=answers)))
+        if self._answers:
+            answers, self._answers = self._answers, []
+            self.send(leases_pb2.LeaseResponse(results=leases_pb2.SettleResults(results=answers)))
 
     def close(self) -> None:
         if not self.closed:
+            self._send_answers()  # given before the end, so they go before it
             self.closed = True
             self.outbox.put_nowait(None)
 
