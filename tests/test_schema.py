@@ -266,8 +266,8 @@ def test_settled_attempts_are_history(conn: psycopg.Connection[tuple[object, ...
 def test_retention_deletes_the_attempts_of_the_jobs_it_prunes(
     conn: psycopg.Connection[tuple[object, ...]],
 ) -> None:
-    """No foreign key deletes an attempt's row with its job (migration 0006): retention's
-    statement does, and only for the jobs it prunes."""
+    """No foreign key deletes an attempt's row with its job (migration 0006): a trigger
+    does, for the jobs deleted only, whatever statement deletes them."""
     finished, retried = insert_job(conn), insert_job(conn)
     token = lease(conn, finished)
     conn.execute(
@@ -287,6 +287,16 @@ def test_retention_deletes_the_attempts_of_the_jobs_it_prunes(
     assert pruned == 1
     assert conn.execute("SELECT id FROM jobwire_jobs").fetchall() == [(retried,)]
     assert conn.execute(attempts).fetchall() == [(retried,)]
+    # An operator's statements, or an older replica's retention during an upgrade.
+    conn.execute("DELETE FROM jobwire_jobs WHERE id = %s", (retried,))
+    assert conn.execute(attempts).fetchall() == []
+    again = insert_job(conn)
+    conn.execute(
+        "SELECT jobwire_end_attempt(%s, %s, false, false, true, NULL, 'x', 'k', '')",
+        (again, lease(conn, again)),
+    )
+    conn.execute("TRUNCATE jobwire_jobs")
+    assert conn.execute(attempts).fetchall() == []
 
 
 def test_end_attempt_refuses_a_stale_token(conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -400,8 +410,17 @@ def test_retention_deletes_its_batch_through_the_primary_keys(
     conn.execute("ANALYZE jobwire_jobs")
     conn.execute("ANALYZE jobwire_attempts")
     plan = _generic_plan(conn, QUERIES["prune_finished"])
-    assert "Seq Scan" not in plan, plan
-    assert "jobwire_attempts_pkey" in plan and "jobwire_jobs_pkey" in plan, plan
+    assert "Seq Scan" not in plan and "jobwire_jobs_pkey" in plan, plan
+    # The attempts go in the trigger, whose statement reads the deleted jobs' table.
+    (source,) = conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'jobwire_delete_attempts_of_deleted_jobs'"
+    ).fetchone() or ("",)
+    delete = re.search(r"DELETE FROM jobwire_attempts .*? FROM deleted_jobs\)\)", str(source))
+    assert delete, "the trigger no longer deletes the attempts as expected"
+    batch = "(SELECT id FROM jobwire_jobs LIMIT 500) AS deleted_jobs"
+    plan = _generic_plan(conn, delete[0].replace("deleted_jobs", batch, 1))
+    assert "Seq Scan on jobwire_attempts" not in plan, plan
+    assert "jobwire_attempts_pkey" in plan, plan
 
 
 def test_a_lost_stream_finds_its_jobs_among_the_running_ones_only(

@@ -308,18 +308,15 @@ SELECT value FROM jobwire_secrets WHERE name = 'page_token'
 SELECT version FROM jobwire_migrations
 
 -- name: prune_finished
--- Retention: deletes a small batch of the oldest finished jobs with their attempts' rows
--- (no foreign key deletes those: migration 0006). SKIP LOCKED keeps replicas from
--- waiting on each other; leasing never touches these rows.
+-- Retention: deletes a small batch of the oldest finished jobs; a trigger deletes their
+-- attempts' rows (migration 0006). SKIP LOCKED keeps replicas from waiting on each other;
+-- leasing never touches these rows. The batch is an array rather than a join: a join of
+-- a small batch with the whole table was planned as a hash join over a sequential scan.
 WITH doomed AS (
     SELECT id FROM jobwire_jobs
     WHERE finished_at < now() - %(retention)s::interval
     ORDER BY finished_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), history AS (
-    -- An array rather than a join: a join of a small batch with the whole table was
-    -- planned as a hash join over a sequential scan of it.
-    DELETE FROM jobwire_attempts WHERE job_id = ANY(ARRAY(SELECT id FROM doomed))
 )
 DELETE FROM jobwire_jobs WHERE id = ANY(ARRAY(SELECT id FROM doomed))
