@@ -509,26 +509,36 @@ def test_hand_back_now_skips_the_grace(
     assert job.attempts[-1].outcome == job_pb2.ATTEMPT_OUTCOME_RELEASED
 
 
+def _extend_every(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Makes workers extend their leases every `seconds`, whatever the lease."""
+    from jobwire.worker import engine
+
+    monkeypatch.setattr(engine.Engine, "_extend_interval", lambda self, execution: seconds)
+
+
+async def _stuck_until_cancelled(cancelled: threading.Event) -> None:
+    """A handler's body that never returns, and says when it is cancelled."""
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
+
 def test_a_lost_lease_stops_the_handler_without_reporting(
     producer: Producer,
     start_worker: Callable[..., WorkerThread],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from jobwire.worker import engine
-
     # Extending far too late lets the 1 s lease expire: the reaper fails the job
     # (one attempt allowed), and the next extension is refused as lost.
-    monkeypatch.setattr(engine.Engine, "_extend_interval", lambda self, execution: 2.5)
+    _extend_every(monkeypatch, 2.5)
     cancelled = threading.Event()
 
     def setup(worker: Worker) -> None:
         @worker.handler("stuck")
         async def stuck(payload: Any) -> None:
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
+            await _stuck_until_cancelled(cancelled)
 
     running = start_worker(setup)
     job_id = producer.submit("stuck", {}, max_attempts=1, lease_timeout=Duration(seconds=1))
@@ -545,23 +555,17 @@ def test_a_job_leased_again_to_the_same_worker_stops_its_earlier_attempt(
     start_worker: Callable[..., WorkerThread],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from jobwire.worker import engine
-
     # No extension before the test ends: the first lease expires, the reaper puts the job
     # back, and this worker, the only one, leases it again under a new token. Nothing but
     # the new lease can tell the first attempt that it is over.
-    monkeypatch.setattr(engine.Engine, "_extend_interval", lambda self, execution: 60.0)
+    _extend_every(monkeypatch, 60.0)
     first_cancelled = threading.Event()
 
     def setup(worker: Worker) -> None:
         @worker.handler("stuck-once")
         async def stuck_once(payload: Any, ctx: JobContext) -> str:
             if ctx.attempt == 1:
-                try:
-                    await asyncio.sleep(60)
-                except asyncio.CancelledError:
-                    first_cancelled.set()
-                    raise
+                await _stuck_until_cancelled(first_cancelled)
             return "second"
 
     running = start_worker(setup)
