@@ -25,6 +25,11 @@ from typing import Any
 
 from jobwire.cli.options import env_flag, non_negative_int, positive_float, positive_int
 
+from .bench_sizes import Sizes
+
+# The full benchmark; each flag's default is its size here.
+DEFAULT_SIZES = Sizes()
+
 SCENARIO_NAMES = (
     "drain",
     "submit-single",
@@ -96,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--concurrency",
         env="JOBWIRE_BENCH_CONCURRENCY",
-        default=32,
+        default=DEFAULT_SIZES.concurrency,
         type=positive_int,
         help="slots of each worker",
     )
@@ -104,41 +109,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--prefetch",
         env="JOBWIRE_BENCH_PREFETCH",
-        default=480,
+        default=DEFAULT_SIZES.prefetch,
         type=non_negative_int,
         help="jobs each worker leases ahead of its free slots (its --prefetch)",
     )
-    sizes: list[tuple[str, str, Any, Any, str]] = [
-        ("--drain-jobs", "drain_jobs", 20_000, positive_int, "drain: jobs submitted"),
-        ("--single-jobs", "single_jobs", 10_000, positive_int, "submit-single: jobs"),
-        ("--single-producers", "single_producers", 8, positive_int,
+    sizes: list[tuple[str, str, Any, str]] = [
+        ("--drain-jobs", "drain_jobs", positive_int, "drain: jobs submitted"),
+        ("--single-jobs", "single_jobs", positive_int, "submit-single: jobs"),
+        ("--single-producers", "single_producers", positive_int,
          "submit-single: concurrent producers"),
-        ("--batch-jobs", "batch_jobs", 100_000, positive_int, "submit-batch: jobs"),
-        ("--batch-size", "batch_size", 1000, positive_int, "submit-batch: jobs per call"),
-        ("--batch-producers", "batch_producers", 2, positive_int,
+        ("--batch-jobs", "batch_jobs", positive_int, "submit-batch: jobs"),
+        ("--batch-size", "batch_size", positive_int, "submit-batch: jobs per call"),
+        ("--batch-producers", "batch_producers", positive_int,
          "submit-batch: concurrent producers"),
-        ("--latency-jobs", "latency_jobs", 500, positive_int,
+        ("--latency-jobs", "latency_jobs", positive_int,
          "latency: jobs measured per variant"),
-        ("--latency-rate", "latency_rate", 100.0, positive_float,
+        ("--latency-rate", "latency_rate", positive_float,
          "latency: submits per second"),
-        ("--growth-rows", "growth_rows", 1_000_000, positive_int,
+        ("--growth-rows", "growth_rows", positive_int,
          "growth: pending jobs inserted before the drain"),
-        ("--growth-drain", "growth_drain", 20_000, positive_int,
+        ("--growth-drain", "growth_drain", positive_int,
          "growth: jobs drained from a table of just them, then from the backlog"),
-        ("--mixed-rate", "mixed_rate", 2000.0, positive_float,
+        ("--mixed-rate", "mixed_rate", positive_float,
          "mixed: jobs submitted per second"),
-        ("--mixed-seconds", "mixed_seconds", 60.0, positive_float,
+        ("--mixed-seconds", "mixed_seconds", positive_float,
          "mixed: how long producers submit"),
-        ("--mixed-window", "mixed_window", 5.0, positive_float,
+        ("--mixed-window", "mixed_window", positive_float,
          "mixed: seconds between latency and row count samples"),
-        ("--floor-calls", "floor_calls", 12_000, positive_int,
+        ("--floor-calls", "floor_calls", positive_int,
          "floors: no-op RPCs made (by --single-producers producers)"),
-        ("--floor-jobs", "floor_jobs", 40_000, positive_int,
+        ("--floor-jobs", "floor_jobs", positive_int,
          "floors: jobs PostgreSQL leases and acks on its own"),
-        ("--floor-paced", "floor_paced", 300, positive_int,
+        ("--floor-paced", "floor_paced", positive_int,
          "floors: paced round trips and commits measured (at --latency-rate)"),
     ]  # fmt: skip
-    for flag, dest, default, kind, text in sizes:
+    for flag, dest, kind, text in sizes:
+        default = getattr(DEFAULT_SIZES, dest)
         env_flag(
             parser,
             flag,
@@ -196,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     (whether or not targets were met), 1 when a run failed, 130 when interrupted."""
     from . import bench_report as report
     from .bench_floors import floors
-    from .bench_scenarios import LEASE_CLOCK_NOTE, SCENARIOS, Bench, RunResult, Sizes
+    from .bench_scenarios import LEASE_CLOCK_NOTE, SCENARIOS, Bench, RunResult
     from .bench_stack import Stack
 
     scenarios = {**SCENARIOS, "floors": floors}

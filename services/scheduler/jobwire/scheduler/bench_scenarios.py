@@ -20,6 +20,7 @@ from jobwire.v1 import job_pb2, jobs_pb2, jobs_pb2_grpc
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from .bench_report import Value, percentile
+from .bench_sizes import Sizes
 from .bench_stack import STAMP_TYPE, BenchError, Proc, Stack
 from .queries import QUERIES
 
@@ -39,32 +40,6 @@ LEASE_CLOCK_NOTE = (
 )
 INDEX_SCAN = "Index Scan using jobwire_jobs_ready on jobwire_jobs"
 BOUND_SLACK = 5.0  # seconds a finished row may outlive retention + prune interval
-
-
-@dataclass(frozen=True, kw_only=True)
-class Sizes:
-    """How much work each scenario does (the defaults are the full benchmark)."""
-
-    concurrency: int = 32
-    prefetch: int = 480
-    drain_jobs: int = 20_000
-    single_jobs: int = 10_000
-    single_producers: int = 8
-    batch_jobs: int = 100_000
-    batch_size: int = 1000
-    batch_producers: int = 2
-    latency_jobs: int = 500
-    latency_rate: float = 100.0
-    growth_rows: int = 1_000_000
-    growth_drain: int = 20_000
-    mixed_rate: float = 2000.0
-    mixed_seconds: float = 60.0
-    mixed_window: float = 5.0
-    mixed_retention: str = "10s"
-    mixed_prune_interval: str = "1s"
-    floor_calls: int = 12_000
-    floor_jobs: int = 40_000
-    floor_paced: int = 300
 
 
 @dataclass
